@@ -1,0 +1,35 @@
+"""The guidance norm and the per-sample CFG combine, in ComfyUI's denoised (x0) space."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def guidance_norm(cond_denoised: torch.Tensor, uncond_denoised: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """d = RMS over non-batch dims of (uncond_denoised - cond_denoised) / sigma, float32, shape [B].
+
+    For eps- and v-models this is ||eps_c - eps_u|| / sqrt(numel) (the paper's quantity up to a constant);
+    for flow models it is the velocity difference.
+    """
+    diff = uncond_denoised.float() - cond_denoised.float()
+    shape = (-1,) + (1,) * (diff.ndim - 1)
+    sig = sigma.float().reshape(shape).clamp_min(1e-8)
+    return (diff / sig).square().flatten(1).mean(1).sqrt()
+
+
+def rewrite_conds(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor, keep: torch.Tensor, cfg: float):
+    """Return (cond', uncond') so that ComfyUI's ``u' + cfg * (c' - u')`` gives ``u + s_b * (c - u)`` per sample.
+
+    Samples with ``keep`` (their scale is cfg) pass through untouched, so they equal stock CFG bit for bit
+    (at cfg 1 their uncond becomes cond, which reproduces stock's cond-only result exactly).
+    """
+    shape = (-1,) + (1,) * (cond.ndim - 1)
+    k = keep.reshape(shape)
+    s = scale.to(cond.dtype).reshape(shape)
+    if cfg == 0 or math.isclose(cfg, 1.0):
+        guided = uncond + s * (cond - uncond)
+        if cfg == 0:
+            return torch.where(k, cond, guided), torch.where(k, uncond, guided)
+        return torch.where(k, cond, guided), torch.where(k, cond, uncond)
+    return torch.where(k, cond, uncond + (s / cfg) * (cond - uncond)), uncond

@@ -1,0 +1,138 @@
+"""Trace -> IMAGE: the guidance-norm curve, drawn with Pillow (deterministic, float32 [N, H, W, 3] in 0..1)."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .trace import NEVER, Trace
+
+WIDTH, HEIGHT = 640, 360
+MARGIN_L, MARGIN_R, MARGIN_T, MARGIN_B = 64, 20, 46, 52
+COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207), (227, 119, 194), (127, 127, 127)]
+SHADE = (255, 236, 200)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: bitmap font only
+        return ImageFont.load_default()
+
+
+def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+    """Round tick values covering [lo, hi]."""
+    if not math.isfinite(hi - lo) or hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / max(count - 1, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    step = min((m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw), default=raw)
+    start = math.floor(lo / step) * step
+    return [start + k * step for k in range(int(math.ceil((hi - start) / step)) + 1)]
+
+
+class _Axes:
+    def __init__(self, steps: int, ymax: float):
+        self.steps, self.ticks = steps, nice_ticks(0.0, ymax)
+        self.ymax = self.ticks[-1]
+        self.x0, self.x1 = MARGIN_L, WIDTH - MARGIN_R
+        self.y0, self.y1 = HEIGHT - MARGIN_B, MARGIN_T
+
+    def x(self, step: float) -> float:
+        return self.x0 + (self.x1 - self.x0) * (step / max(self.steps - 1, 1))
+
+    def y(self, value: float) -> float:
+        return self.y0 - (self.y0 - self.y1) * (value / self.ymax)
+
+
+def _frame(draw: ImageDraw.ImageDraw, ax: _Axes, trace: Trace, font, small) -> None:
+    draw.rectangle([ax.x0, ax.y1, ax.x1, ax.y0], outline=(0, 0, 0))
+    for v in ax.ticks:
+        y = ax.y(v)
+        draw.line([ax.x0 - 4, y, ax.x0, y], fill=(0, 0, 0))
+        draw.line([ax.x0 + 1, y, ax.x1 - 1, y], fill=(232, 232, 232))
+        draw.text((ax.x0 - 6, y), f"{v:.3g}", fill=(0, 0, 0), font=small, anchor="rm")
+    n = ax.steps
+    for i in sorted(set(np.linspace(0, n - 1, min(n, 6)).round().astype(int).tolist())):
+        x = ax.x(i)
+        draw.line([x, ax.y0, x, ax.y0 + 4], fill=(0, 0, 0))
+        draw.text((x, ax.y0 + 6), f"{i}", fill=(0, 0, 0), font=small, anchor="mt")
+        draw.text((x, ax.y0 + 20), f"t={float(trace.timesteps[i]):.0f}", fill=(90, 90, 90), font=small, anchor="mt")
+    draw.text(((ax.x0 + ax.x1) / 2, HEIGHT - 4), "sampling step (model timestep)", fill=(0, 0, 0), font=small, anchor="mb")
+    draw.text((4, ax.y1 - 6), "guidance norm", fill=(0, 0, 0), font=small, anchor="lb")
+    thr = trace.settings.detect_threshold
+    if thr > 0 and thr <= ax.ymax:
+        y = ax.y(thr)
+        for xs in range(int(ax.x0), int(ax.x1), 10):
+            draw.line([xs, y, min(xs + 5, ax.x1), y], fill=(120, 120, 120), width=1)
+        draw.text((ax.x1 - 4, y - 2), f"detect threshold {thr:g}", fill=(90, 90, 90), font=small, anchor="rb")
+
+
+def _curve(draw, ax: _Axes, trace: Trace, b: int, color, font, small, shade: bool) -> None:
+    norms, visited = trace.norms[:, b], trace.visited
+    step = int(trace.switch_step[b])
+    if shade and not trace.settings.off and bool(trace.flagged[b]):
+        end = ax.x(step) if step != NEVER else ax.x1
+        if end > ax.x0:
+            draw.rectangle([ax.x0 + 1, ax.y1 + 1, end, ax.y0 - 1], fill=SHADE)
+            draw.text((ax.x0 + 6, ax.y1 + 4), trace.settings.phase_label, fill=(150, 90, 0), font=small, anchor="lt")
+    pts = [(ax.x(i), ax.y(float(norms[i]))) for i in range(trace.steps) if bool(visited[i]) and math.isfinite(float(norms[i]))]
+    if len(pts) > 1:
+        draw.line(pts, fill=color, width=2)
+    for x, y in pts:
+        draw.ellipse([x - 2, y - 2, x + 2, y + 2], fill=color)
+    if step != NEVER and 0 <= step < trace.steps:
+        x = ax.x(step)
+        draw.line([x, ax.y1, x, ax.y0], fill=color, width=1)
+        v = float(norms[step])
+        if math.isfinite(v):
+            y = ax.y(v)
+            draw.polygon([(x, y - 7), (x + 6, y), (x, y + 7), (x - 6, y)], outline=(0, 0, 0), fill=color)
+
+
+def _title(trace: Trace, b: Optional[int]) -> str:
+    s = trace.settings
+    head = f"{s.transition}, before={s.guidance_before:g}, cfg={trace.cfg:g}"
+    if b is None:
+        return f"{head}, batch of {trace.batch}"
+    return f"sample {b}: {head}; {trace.summary()[b]}"
+
+
+def _ymax(trace: Trace, group: list[int]) -> float:
+    """Top of the norm axis for these samples: 10 % above their largest finite norm (and the threshold)."""
+    vals = trace.norms[:, group][trace.visited]
+    vals = vals[torch.isfinite(vals)]
+    top = float(vals.max()) * 1.1 if vals.numel() else 1.0
+    return max(top, trace.settings.detect_threshold * 1.1, 1e-6)
+
+
+def _to_array(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def render_curves(trace: Trace, layout: str = "panels") -> torch.Tensor:
+    """Draw the trace. ``panels``: one image per sample (image i pairs with latent i); ``overlay``: one image."""
+    if layout not in ("panels", "overlay"):
+        raise ValueError(f"layout: '{layout}' is not 'panels' or 'overlay'.")
+    font, small = _font(14), _font(11)
+    images = []
+    groups = [[b] for b in range(trace.batch)] if layout == "panels" else [list(range(trace.batch))]
+    for group in groups:
+        ax = _Axes(max(trace.steps, 1), _ymax(trace, group))
+        img = Image.new("RGB", (WIDTH, HEIGHT), (255, 255, 255))
+        draw = ImageDraw.Draw(img)
+        if trace.steps > 0:
+            for b in group:
+                _curve(draw, ax, trace, b, COLORS[b % len(COLORS)], font, small, shade=len(group) == 1)
+            _frame(draw, ax, trace, font, small)
+        draw.text((MARGIN_L, 8), _title(trace, group[0] if len(group) == 1 else None), fill=(0, 0, 0), font=font, anchor="lt")
+        if len(group) > 1:
+            for k, b in enumerate(group[:8]):
+                draw.text((ax.x1 - 6, ax.y1 + 6 + 14 * k), f"sample {b}: {trace.summary()[b]}", fill=COLORS[b % len(COLORS)], font=small, anchor="rt")
+        images.append(_to_array(img))
+    if not images:
+        images.append(_to_array(Image.new("RGB", (WIDTH, HEIGHT), (255, 255, 255))))
+    return torch.from_numpy(np.stack(images))

@@ -1,0 +1,39 @@
+"""Per-sample transition rules, as tensor ops on the device (no host synchronisation)."""
+from __future__ import annotations
+
+import torch
+
+from .schedule import StepPlan
+from .settings import GuidanceSettings
+
+
+def first_local_minimum(d: torch.Tensor, i: int) -> torch.Tensor:
+    """Algorithm 1, line 6: d_{i-2} > d_{i-1} < d_i, with d_{-1} = d_{-2} = -inf. ``d`` is [steps, B]."""
+    if i < 2:
+        return torch.zeros(d.shape[1], dtype=torch.bool, device=d.device)
+    return (d[i - 2] > d[i - 1]) & (d[i - 1] < d[i])
+
+
+def switches_at(d: torch.Tensor, i: int, plan: StepPlan, settings: GuidanceSettings) -> torch.Tensor:
+    """Which samples must be guided with full CFG from step i on (before latching and detection).
+
+    dynamic: the step after the first local minimum of d within [earliest, latest], forced at latest.
+    static: every sample from plan.static on. off: everyone.
+    """
+    B = d.shape[1]
+    if settings.transition == "off":
+        return torch.ones(B, dtype=torch.bool, device=d.device)
+    if settings.transition == "static":
+        return torch.full((B,), i >= plan.static, dtype=torch.bool, device=d.device)
+    if i >= plan.latest:
+        return torch.ones(B, dtype=torch.bool, device=d.device)
+    if i < plan.earliest:
+        return torch.zeros(B, dtype=torch.bool, device=d.device)
+    return first_local_minimum(d, i)
+
+
+def not_flagged(d0: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Detection at the first step: a norm below the threshold means not memorized (plain CFG)."""
+    if threshold <= 0:
+        return torch.zeros_like(d0, dtype=torch.bool)
+    return d0 < threshold
