@@ -1,0 +1,14 @@
+"""Thin ComfyUI adapters (V3 schema) over ``guidance/``."""
+from comfy_api.latest import ComfyExtension, io
+
+from .curve import MemSafeGuidanceCurve
+from .guider import MemSafeCFGGuider
+from .ksampler import MemSafeKSampler
+from .patch import MemSafeCFGPatch
+
+NODES = [MemSafeCFGGuider, MemSafeKSampler, MemSafeCFGPatch, MemSafeGuidanceCurve]
+
+
+class MemSafeExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)

@@ -1,0 +1,56 @@
+"""The guidance inputs every node shares, written once."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..guidance import TRANSITIONS, GuidanceSettings
+
+CATEGORY = "sampling/memorization-safe"
+PAPER = ('Jain et al., "Classifier-Free Guidance inside the Attraction Basin May Cause Memorization": '
+         "guidance inside the attraction basin copies training images; hold it off until the trajectory leaves.")
+NORM_NOTE = ("The guidance norm is the per-sample RMS of (uncond_denoised - cond_denoised) / sigma: the paper's "
+             "||eps_c - eps_u|| for eps and v models (up to a constant), the velocity difference for flow models.")
+TRACE = io.Custom("MEMSAFE_TRACE")
+GUIDANCE_NAMES = ("guidance_before", "transition", "switch_percent", "earliest_percent", "latest_percent", "detect_threshold")
+_D = GuidanceSettings()
+
+
+def guidance_inputs() -> list:
+    """guidance_before, transition, switch_percent, earliest_percent, latest_percent, detect_threshold."""
+    pct = dict(min=0.0, max=1.0, step=0.01)
+    return [
+        io.Float.Input("guidance_before", default=_D.guidance_before, min=-10.0, max=10.0, step=0.1,
+                       tooltip="CFG scale before the transition. 0 = zero guidance (Algorithm 1); negative = opposite "
+                               "guidance, leaves the basin sooner (paper: -2 until t=650); 1 = conditional only."),
+        io.Combo.Input("transition", options=list(TRANSITIONS), default=_D.transition,
+                       tooltip="dynamic: switch to cfg at the step after the first local minimum of the guidance norm, per "
+                               "sample (Algorithm 1). static: switch at switch_percent. off: plain CFG (equals stock CFG)."),
+        io.Float.Input("switch_percent", default=_D.switch_percent, **pct,
+                       tooltip="static only: where to switch, in ComfyUI's percent of the noise scale "
+                               "(0.5 = t 500 of 1000, the paper's setting; compared in sigma)."),
+        io.Float.Input("earliest_percent", default=_D.earliest_percent, **pct,
+                       tooltip="dynamic only: no switch before this percent of the noise scale; minima before it are ignored."),
+        io.Float.Input("latest_percent", default=_D.latest_percent, **pct,
+                       tooltip="dynamic only: a sample with no local minimum by this percent switches here (never left "
+                               "unguided to the end). Must be >= earliest_percent."),
+        io.Float.Input("detect_threshold", default=_D.detect_threshold, min=0.0, max=1000.0, step=0.01,
+                       tooltip="0 disables detection. Otherwise a sample whose first-step guidance norm is below this is "
+                               "judged not memorized and gets plain CFG from step 1; the others get the transition. "
+                               + NORM_NOTE),
+    ]
+
+
+def settings_from(kwargs: dict) -> GuidanceSettings:
+    """Validated settings from node inputs; raises ValueError naming the input."""
+    return GuidanceSettings(**{k: (kwargs[k] if k == "transition" else float(kwargs[k])) for k in GUIDANCE_NAMES})
+
+
+def validate(kwargs: dict):
+    """V3 validate_inputs: reject bad widget values at queue time, before anything samples."""
+    if not all(k in kwargs and kwargs[k] is not None for k in GUIDANCE_NAMES):
+        return True  # a linked input: checked again in execute
+    try:
+        settings_from(kwargs)
+    except ValueError as e:
+        return str(e)
+    return True

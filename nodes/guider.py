@@ -1,0 +1,42 @@
+"""MemSafeCFGGuider: a stock CFGGuider over a memorization-safe patched model, for SamplerCustomAdvanced."""
+from __future__ import annotations
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from .adapter import patch_model
+from .common import CATEGORY, PAPER, guidance_inputs, settings_from, validate
+
+
+class MemSafeCFGGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemSafeCFGGuider",
+            display_name="Memorization-Safe CFG Guider",
+            category=CATEGORY,
+            description=f"CFG guider that avoids reproducing training images. {PAPER} Use with SamplerCustomAdvanced; "
+                        "connect its GUIDER and output LATENT to 'Guidance Norm Curve' to see the switch.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (eps, v or flow prediction)."),
+                io.Conditioning.Input("positive", tooltip="The prompt conditioning."),
+                io.Conditioning.Input("negative", tooltip="The unconditional / negative conditioning."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="CFG scale after the transition (the paper uses 7.5)."),
+                *guidance_inputs(),
+            ],
+            outputs=[io.Guider.Output()],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        return validate(kwargs)
+
+    @classmethod
+    def execute(cls, model, positive, negative, cfg, **guidance) -> io.NodeOutput:
+        patched, _ = patch_model(model, settings_from(guidance), node_id=cls.hidden.unique_id)
+        guider = comfy.samplers.CFGGuider(patched)
+        guider.set_conds(positive, negative)
+        guider.set_cfg(cfg)
+        return io.NodeOutput(guider)

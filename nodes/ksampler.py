@@ -1,0 +1,55 @@
+"""MemSafeKSampler: the stock KSampler with memorization-safe guidance; returns the latent, the curve and the trace."""
+from __future__ import annotations
+
+import comfy.samplers
+import nodes as comfy_nodes  # ComfyUI's nodes.py (this pack is imported as a package: no shadowing)
+from comfy_api.latest import io, ui
+
+from ..guidance import render_curves
+from .adapter import patch_model
+from .common import CATEGORY, PAPER, TRACE, guidance_inputs, settings_from, validate
+
+
+class MemSafeKSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemSafeKSampler",
+            display_name="Memorization-Safe KSampler",
+            category=CATEGORY,
+            description=f"KSampler with memorization-safe guidance and the guidance-norm curve as an IMAGE. {PAPER}",
+            inputs=[
+                io.Model.Input("model", tooltip="The model used for denoising the input latent."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="The random seed used for creating the noise."),
+                io.Int.Input("steps", default=20, min=1, max=10000, tooltip="The number of sampling steps."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=100.0, step=0.1, round=0.01,
+                               tooltip="CFG scale after the transition (the paper uses 7.5)."),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, tooltip="The sampling algorithm."),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, tooltip="The noise schedule."),
+                io.Conditioning.Input("positive", tooltip="The prompt conditioning."),
+                io.Conditioning.Input("negative", tooltip="The unconditional / negative conditioning."),
+                io.Latent.Input("latent_image", tooltip="The latent image to denoise."),
+                io.Float.Input("denoise", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="How much of the schedule to run (1.0 = from pure noise)."),
+                *guidance_inputs(),
+                io.Combo.Input("curve_layout", options=["panels", "overlay"], default="panels", optional=True,
+                               tooltip="panels: one curve image per sample (image i pairs with latent i); overlay: one image."),
+            ],
+            outputs=[io.Latent.Output(display_name="LATENT"), io.Image.Output(display_name="curve"), TRACE.Output(display_name="trace")],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        return validate(kwargs)
+
+    @classmethod
+    def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0,
+                curve_layout="panels", **guidance) -> io.NodeOutput:
+        patched, handle = patch_model(model, settings_from(guidance), node_id=cls.hidden.unique_id)
+        (latent,) = comfy_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                                latent_image, denoise=denoise)
+        trace = handle.trace_for(latent["samples"])
+        curve = render_curves(trace, curve_layout)
+        return io.NodeOutput(latent, curve, trace, ui=ui.PreviewImage(curve, cls=cls))

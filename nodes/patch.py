@@ -1,0 +1,32 @@
+"""MemSafeCFGPatch: MODEL -> MODEL, so the stock KSampler and other packs' samplers get the same guidance."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .adapter import patch_model
+from .common import CATEGORY, PAPER, guidance_inputs, settings_from, validate
+
+
+class MemSafeCFGPatch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemSafeCFGPatch",
+            display_name="Memorization-Safe CFG (model patch)",
+            category=CATEGORY,
+            description=f"Patches a model with memorization-safe guidance; cfg comes from the sampler. {PAPER} "
+                        "Chains with other CFG patches (the norm is measured on the raw predictions) and always runs "
+                        "the unconditional pass, even at cfg 1.",
+            inputs=[io.Model.Input("model", tooltip="The diffusion model to patch (eps, v or flow prediction)."), *guidance_inputs()],
+            outputs=[io.Model.Output()],
+            hidden=[io.Hidden.unique_id],
+        )
+
+    @classmethod
+    def validate_inputs(cls, **kwargs):
+        return validate(kwargs)
+
+    @classmethod
+    def execute(cls, model, **guidance) -> io.NodeOutput:
+        patched, _ = patch_model(model, settings_from(guidance), node_id=cls.hidden.unique_id)
+        return io.NodeOutput(patched)
