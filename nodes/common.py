@@ -45,6 +45,11 @@ def settings_from(kwargs: dict) -> GuidanceSettings:
     return GuidanceSettings(**{k: (kwargs[k] if k == "transition" else float(kwargs[k])) for k in GUIDANCE_NAMES})
 
 
+def node_id(cls):
+    """The executing node's id (None when execute is called outside a prompt)."""
+    return getattr(cls.hidden, "unique_id", None)
+
+
 def validate(kwargs: dict):
     """V3 validate_inputs: reject bad widget values at queue time, before anything samples."""
     if not all(k in kwargs and kwargs[k] is not None for k in GUIDANCE_NAMES):

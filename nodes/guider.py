@@ -5,7 +5,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from .adapter import patch_model
-from .common import CATEGORY, PAPER, guidance_inputs, settings_from, validate
+from .common import CATEGORY, node_id, PAPER, guidance_inputs, settings_from, validate
 
 
 class MemSafeCFGGuider(io.ComfyNode):
@@ -35,7 +35,7 @@ class MemSafeCFGGuider(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, negative, cfg, **guidance) -> io.NodeOutput:
-        patched, _ = patch_model(model, settings_from(guidance), node_id=cls.hidden.unique_id)
+        patched, _ = patch_model(model, settings_from(guidance), node_id=node_id(cls))
         guider = comfy.samplers.CFGGuider(patched)
         guider.set_conds(positive, negative)
         guider.set_cfg(cfg)

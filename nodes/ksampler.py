@@ -7,7 +7,7 @@ from comfy_api.latest import io, ui
 
 from ..guidance import render_curves
 from .adapter import patch_model
-from .common import CATEGORY, PAPER, TRACE, guidance_inputs, settings_from, validate
+from .common import CATEGORY, node_id, PAPER, TRACE, guidance_inputs, settings_from, validate
 
 
 class MemSafeKSampler(io.ComfyNode):
@@ -47,7 +47,7 @@ class MemSafeKSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0,
                 curve_layout="panels", **guidance) -> io.NodeOutput:
-        patched, handle = patch_model(model, settings_from(guidance), node_id=cls.hidden.unique_id)
+        patched, handle = patch_model(model, settings_from(guidance), node_id=node_id(cls))
         (latent,) = comfy_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                                 latent_image, denoise=denoise)
         trace = handle.trace_for(latent["samples"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .adapter import patch_model
-from .common import CATEGORY, PAPER, guidance_inputs, settings_from, validate
+from .common import CATEGORY, node_id, PAPER, guidance_inputs, settings_from, validate
 
 
 class MemSafeCFGPatch(io.ComfyNode):
@@ -28,5 +28,5 @@ class MemSafeCFGPatch(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, **guidance) -> io.NodeOutput:
-        patched, _ = patch_model(model, settings_from(guidance), node_id=cls.hidden.unique_id)
+        patched, _ = patch_model(model, settings_from(guidance), node_id=node_id(cls))
         return io.NodeOutput(patched)

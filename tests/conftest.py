@@ -1,0 +1,58 @@
+"""Shared test setup: load the pack as the package ``memsafe_cfg`` (as ComfyUI does), and find the host.
+
+The repo root is never put on sys.path, so the pack's ``nodes/`` folder cannot shadow ComfyUI's ``nodes``.
+Host tests need a ComfyUI checkout at COMFYUI_PATH; without it they skip, and the run says so loudly.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "memsafe_cfg"
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+HOST_MISSING = "HOST TESTS SKIPPED: COMFYUI_PATH is unset or not a ComfyUI checkout; set it to run the real-ComfyUI tier."
+
+
+def load_pack():
+    """Import the repo as package ``memsafe_cfg`` without putting the repo root on sys.path."""
+    if PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACKAGE] = module
+        spec.loader.exec_module(module)
+    return sys.modules[PACKAGE]
+
+
+load_pack()
+
+
+def host_available() -> bool:
+    return bool(COMFYUI_PATH) and (Path(COMFYUI_PATH) / "comfy" / "samplers.py").is_file()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "host: needs a real ComfyUI checkout at COMFYUI_PATH")
+
+
+def pytest_collection_modifyitems(config, items):
+    if host_available():
+        return
+    skip = pytest.mark.skip(reason=HOST_MISSING)
+    for item in items:
+        if "host" in item.keywords:
+            item.add_marker(skip)
+
+
+def pytest_report_header(config):
+    return f"ComfyUI host: {COMFYUI_PATH}" if host_available() else HOST_MISSING
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not host_available():
+        terminalreporter.write_line(HOST_MISSING, red=True, bold=True)
