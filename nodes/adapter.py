@@ -18,6 +18,7 @@ import torch
 import comfy.patcher_extension
 
 from ..guidance import GuidanceRun, GuidanceSettings, Trace
+from .live import step_listener
 
 log = logging.getLogger("memsafe_cfg")
 WRAPPER_KEY = "memsafe_cfg"
@@ -99,6 +100,7 @@ def _wrap_callback(callback, run: GuidanceRun):
 def patch_model(model, settings: GuidanceSettings, node_id: Optional[str] = None):
     """Clone ``model`` with memorization-safe guidance; returns (patched model, handle)."""
     handle = MemSafeHandle(settings, node_id)
+    handle.on_step = step_listener(handle)
     m = model.clone()
     m.model_options["sampler_pre_cfg_function"] = [handle.pre_cfg] + list(m.model_options.get("sampler_pre_cfg_function", []))
     if not settings.off:

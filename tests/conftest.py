@@ -36,6 +36,17 @@ def host_available() -> bool:
     return bool(COMFYUI_PATH) and (Path(COMFYUI_PATH) / "comfy" / "samplers.py").is_file()
 
 
+@pytest.fixture(scope="session")
+def comfy_server():
+    """One real ComfyUI server for the whole session (tests that use it are host tests)."""
+    if not host_available():
+        pytest.skip(HOST_MISSING)
+    from server import ComfyServer
+
+    with ComfyServer(COMFYUI_PATH) as srv:
+        yield srv
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "host: needs a real ComfyUI checkout at COMFYUI_PATH")
 
