@@ -21,6 +21,12 @@ class NonFiniteGuidance(ValueError):
     """The model returned NaN or inf: the guidance norm of some step and sample is not finite."""
 
 
+def _per_sample(sigma: torch.Tensor, B: int) -> torch.Tensor:
+    """ComfyUI passes sigma as [B] (or [1]); return float [B]."""
+    sigma = sigma.reshape(-1).float()
+    return sigma.expand(B) if sigma.numel() == 1 else sigma
+
+
 class GuidanceRun:
     """One sampling run. Steps come from the schedule, not from model calls.
 
@@ -68,23 +74,30 @@ class GuidanceRun:
         if measured:
             d[i] = guidance_norm(cond, uncond, sigma)
         s = self.settings
-        new = switches_at(d, i, self.plan, s)
+        new = switches_at(d, i, _per_sample(sigma, cond.shape[0]), self.plan, s)
         if i == 0 and not s.off:
             plain = not_flagged(d[0], s.detect_threshold)
             self.flagged = ~plain
             new = new | plain
+        self.recorded = i
+        self._switch(i, new, cfg)
+
+    def _switch(self, i: int, new: torch.Tensor, cfg: float) -> None:
+        """Latch the samples in ``new`` to full CFG from step i on, and set this step's scales."""
         new = new & ~self.switched
         self.switch_step = torch.where(new, torch.full_like(self.switch_step, i), self.switch_step)
         self.switched = self.switched | new
-        self.scale = torch.where(self.switched, torch.full_like(d[i], cfg), torch.full_like(d[i], s.guidance_before))
+        self.scale = torch.where(self.switched, torch.full_like(self.scales[i], cfg),
+                                 torch.full_like(self.scales[i], self.settings.guidance_before))
         self.scales[i] = self.scale
-        self.recorded = i
 
     def combine(self, cond: torch.Tensor, uncond: torch.Tensor, sigma: torch.Tensor, cfg: float, measured: bool = True):
         """Called once per model evaluation with the denoised predictions; returns (cond', uncond') for CFG."""
         i = min(self.step, self.plan.steps - 1)
         if i != self.recorded:
             self._record(i, cond, uncond, sigma, cfg, measured)
+        elif self.plan.sigma_force > 0:  # mid-step safety net, see StepPlan
+            self._switch(i, _per_sample(sigma, cond.shape[0]).to(self.switched.device) < self.plan.sigma_force, cfg)
         if self.settings.off:
             return cond, uncond
         return rewrite_conds(cond, uncond, self.scale, self.switched, cfg)

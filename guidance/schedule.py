@@ -9,16 +9,24 @@ from .settings import GuidanceSettings
 
 @dataclass(frozen=True)
 class StepPlan:
-    """Step indices (0-based, into the schedule's N steps) where the guards and the static switch fall.
+    """Where the guards and the static switch fall: step indices (0-based, into the schedule's N steps) and sigmas.
 
     ``static`` / ``earliest`` may equal ``steps`` (never reached in this schedule); ``latest`` is always a
-    real step, so a dynamic sample is never left unguided to the end.
+    real step, so a dynamic sample is never left unguided to the end. A step is past a percent once its index
+    reaches the planned step *or* its evaluated sigma is at or below the percent's sigma (samplers such as
+    dpm_fast take fewer, larger steps than the schedule has). ``sigma_force``: any evaluation strictly below it
+    switches a sample that has not switched yet, even mid-step (a safety net that schedule-following samplers
+    never trigger, since their evaluations in step i < k all lie at or above sigma_k).
     """
 
     steps: int
     static: int
     earliest: int
     latest: int
+    sigma_static: float = -1.0
+    sigma_earliest: float = -1.0
+    sigma_latest: float = -1.0
+    sigma_force: float = -1.0
 
 
 def first_step_at_or_below(sigmas: Sequence[float], sigma: float) -> int:
@@ -38,7 +46,11 @@ def plan_steps(sigmas: Sequence[float], percent_to_sigma: Callable[[float], floa
     steps = len(sigmas) - 1
     if steps < 1:
         raise ValueError("sigmas: the schedule has no step; pass at least two sigmas.")
-    at = lambda p: first_step_at_or_below(sigmas, float(percent_to_sigma(p)))  # noqa: E731
-    earliest = at(settings.earliest_percent)
-    latest = min(max(at(settings.latest_percent), earliest), steps - 1)
-    return StepPlan(steps=steps, static=at(settings.switch_percent), earliest=earliest, latest=latest)
+    sig = {p: float(percent_to_sigma(p)) for p in (settings.switch_percent, settings.earliest_percent, settings.latest_percent)}
+    earliest = first_step_at_or_below(sigmas, sig[settings.earliest_percent])
+    latest = min(max(first_step_at_or_below(sigmas, sig[settings.latest_percent]), earliest), steps - 1)
+    static = first_step_at_or_below(sigmas, sig[settings.switch_percent])
+    force_step = {"dynamic": latest, "static": static}.get(settings.transition, steps)
+    return StepPlan(steps=steps, static=static, earliest=earliest, latest=latest, sigma_static=sig[settings.switch_percent],
+                    sigma_earliest=sig[settings.earliest_percent], sigma_latest=sig[settings.latest_percent],
+                    sigma_force=float(sigmas[force_step]) if force_step < steps else -1.0)

@@ -14,22 +14,24 @@ def first_local_minimum(d: torch.Tensor, i: int) -> torch.Tensor:
     return (d[i - 2] > d[i - 1]) & (d[i - 1] < d[i])
 
 
-def switches_at(d: torch.Tensor, i: int, plan: StepPlan, settings: GuidanceSettings) -> torch.Tensor:
+def past(i: int, step: int, sigma: torch.Tensor, sigma_at: float) -> torch.Tensor:
+    """Step i (evaluated at ``sigma`` [B]) is past a percent: its index reached ``step`` or sigma <= ``sigma_at``."""
+    return (sigma <= sigma_at) | (i >= step)
+
+
+def switches_at(d: torch.Tensor, i: int, sigma: torch.Tensor, plan: StepPlan, settings: GuidanceSettings) -> torch.Tensor:
     """Which samples must be guided with full CFG from step i on (before latching and detection).
 
     dynamic: the step after the first local minimum of d within [earliest, latest], forced at latest.
-    static: every sample from plan.static on. off: everyone.
+    static: every sample once past switch_percent. off: everyone.
     """
-    B = d.shape[1]
     if settings.transition == "off":
-        return torch.ones(B, dtype=torch.bool, device=d.device)
+        return torch.ones(d.shape[1], dtype=torch.bool, device=d.device)
+    sigma = sigma.to(d.device).float()
     if settings.transition == "static":
-        return torch.full((B,), i >= plan.static, dtype=torch.bool, device=d.device)
-    if i >= plan.latest:
-        return torch.ones(B, dtype=torch.bool, device=d.device)
-    if i < plan.earliest:
-        return torch.zeros(B, dtype=torch.bool, device=d.device)
-    return first_local_minimum(d, i)
+        return past(i, plan.static, sigma, plan.sigma_static)
+    allowed = past(i, plan.earliest, sigma, plan.sigma_earliest)
+    return past(i, plan.latest, sigma, plan.sigma_latest) | (allowed & first_local_minimum(d, i))
 
 
 def not_flagged(d0: torch.Tensor, threshold: float) -> torch.Tensor:
