@@ -28,14 +28,23 @@ def import_comfy():
 
 
 def _reset(module: torch.nn.Module, seed: int) -> None:
-    """ComfyUI skips weight init (comfy.ops.disable_weight_init): initialise for real, from a seed."""
+    """ComfyUI skips weight init (comfy.ops.disable_weight_init): initialise every weight for real, from a seed.
+
+    Modules with torch's reset_parameters use it; bare parameters and float buffers (e.g. MMDiT's pos_embed),
+    otherwise left as torch.empty garbage, get N(0, 0.02).
+    """
     torch.manual_seed(seed)
+    done = set()
     for m in module.modules():
-        if m is not module and hasattr(m, "reset_parameters"):
-            for cls in type(m).__mro__:
-                if cls.__module__.startswith("torch.nn") and "reset_parameters" in cls.__dict__:
-                    cls.reset_parameters(m)
-                    break
+        for cls in type(m).__mro__:
+            if cls.__module__.startswith("torch.nn") and "reset_parameters" in cls.__dict__:
+                cls.reset_parameters(m)
+                done.update(id(p) for p in m.parameters(recurse=False))
+                break
+    with torch.no_grad():
+        for t in list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]:
+            if id(t) not in done:
+                t.normal_(0.0, 0.02)
 
 
 CONTEXT_DIM = 32

@@ -203,3 +203,23 @@ def test_curve_node_renders_trace_of_its_latent(comfy, eps_model, tmp_path, monk
     from memsafe_cfg.guidance import Trace
 
     assert torch.allclose(Trace.load(str(saved[0])).norms, trace.norms, equal_nan=True)
+
+
+def test_flow_model_through_stock_loader(comfy, tmp_path):
+    import comfy.sd
+
+    adapter, Guider, _, Patch, _ = pack()
+    model = comfy.sd.load_diffusion_model(str(host.tiny_flow_checkpoint(tmp_path / "tiny_sd3.safetensors")))
+    assert model.model.model_type.name == "FLOW"
+    pos, neg = host.flow_conditioning(3), host.flow_conditioning(3, seed=2)
+    latent = torch.zeros(3, 16, 8, 8)
+    noise = comfy.sample.prepare_noise(latent, 0)
+    ref = comfy.sample.sample(model, noise, 5, 4.0, "euler", "simple", pos, neg, latent, seed=0)
+    off = Patch.execute(model, **settings(transition="off")).result[0]
+    assert torch.equal(ref, comfy.sample.sample(off, noise, 5, 4.0, "euler", "simple", pos, neg, latent, seed=0))
+    m = Patch.execute(model, **settings(latest_percent=0.6)).result[0]
+    out = comfy.sample.sample(m, noise, 5, 4.0, "euler", "simple", pos, neg, latent, seed=0)
+    trace = adapter.find_handle(model=m).trace_for(out)
+    assert torch.isfinite(out).all() and trace.visited.all() and (trace.switch_step >= 0).all()
+    assert float(trace.sigmas[0]) == pytest.approx(1.0) and float(trace.timesteps[0]) == pytest.approx(1000.0)
+    assert torch.isfinite(trace.norms).all() and (trace.norms[0] > 0).all()  # velocity difference at sigma 1
