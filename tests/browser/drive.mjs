@@ -1,0 +1,208 @@
+// Drives the real ComfyUI front end in headless Debian chromium for tests/test_browser.py.
+// Usage: node drive.mjs CONFIG.json  (config: see test_browser.py); writes its findings as JSON to config.result.
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+  "--disable-component-update", "--disable-sync"];
+const cfg = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
+const out = { extensions: [], templates: {}, run: null, page_errors: [], console_errors: [] };
+const shot = (name) => path.join(cfg.artifacts, name);
+
+async function settle(page, ms = 600) {
+  await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+  await page.waitForTimeout(ms);
+}
+
+/** What the UI shows right now: open dialogs, toasts, and graph nodes whose type is not registered. */
+async function uiState(page) {
+  return page.evaluate(() => ({
+    dialogs: [...document.querySelectorAll("[role=dialog]")].filter((d) => d.offsetParent !== null)
+      .map((d) => d.innerText.slice(0, 600)),
+    toasts: [...document.querySelectorAll(".p-toast-message")].map((t) => ({
+      severity: [...t.classList].find((c) => /p-toast-message-(error|warn|info|success)/.test(c)) ?? "",
+      text: t.innerText.slice(0, 600) })),
+    missing: app.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type] || n.has_errors).map((n) => n.type),
+  }));
+}
+
+async function clearToasts(page) {
+  await page.evaluate(() => document.querySelectorAll(".p-toast-message .p-toast-close-button").forEach((b) => b.click()));
+}
+
+/** Open the templates dialog, pick this pack's category, click the template's card; wait for its nodes. */
+async function loadTemplate(page, module, name) {
+  const wf = await page.evaluate(async ([m, n]) => (await fetch(`/api/workflow_templates/${m}/${n}.json`)).json(), [module, name]);
+  await page.keyboard.press("Escape");
+  await page.evaluate(() => app.extensionManager.command.execute("Comfy.BrowseTemplates"));
+  const dialog = page.getByRole("dialog").filter({ hasText: "Custom Nodes" });
+  await dialog.getByText(module, { exact: true }).click();
+  await dialog.getByTestId(`template-workflow-${name}`).click();
+  const ids = (wf.nodes ?? []).map((n) => String(n.id)).sort();
+  await page.waitForFunction((want) => JSON.stringify(app.graph.nodes.map((n) => String(n.id)).sort()) === want,
+    JSON.stringify(ids), { timeout: 30000 });
+  await settle(page);
+  return wf;
+}
+
+/** The guided MemSafe nodes: mode, which widgets show, what serialises, and the live widget's state. */
+async function guidedNodes(page) {
+  return page.evaluate(() => app.graph.nodes.filter((n) => ["MemSafeCFGGuider", "MemSafeKSampler", "MemSafeCFGPatch"].includes(n.type))
+    .map((n) => {
+      const live = n.widgets.find((w) => w.name === "memsafe_live");
+      return { id: String(n.id), type: n.type, transition: n.widgets.find((w) => w.name === "transition")?.value,
+        shown: n.widgets.filter((w) => !w.hidden && w.name !== "memsafe_live").map((w) => w.name),
+        widgets_values: n.serialize().widgets_values, live: live ? JSON.parse(JSON.stringify(live.state)) : null,
+        images: (n.imgs ?? []).length, outputs: app.nodeOutputs?.[String(n.id)]?.images?.length ?? 0, pos: [...n.pos], size: [...n.size] };
+    }));
+}
+
+/** Flip each guided node through every transition and back; report what shows and what serialises. */
+async function modeCycle(page) {
+  return page.evaluate(() => app.graph.nodes.filter((n) => n.widgets?.some((w) => w.name === "memsafe_live")).map((n) => {
+    const t = n.widgets.find((w) => w.name === "transition");
+    const original = t.value, before = n.serialize().widgets_values, seen = {};
+    for (const mode of ["static", "dynamic", "off", original]) {
+      t.value = mode;
+      t.callback?.(mode, app.canvas, n);
+      seen[mode] = { shown: n.widgets.filter((w) => !w.hidden).map((w) => w.name), values: n.serialize().widgets_values };
+    }
+    const reloaded = LiteGraph.createNode(n.type);
+    reloaded.configure(JSON.parse(JSON.stringify(n.serialize())));
+    return { id: String(n.id), original, before, seen, after: n.serialize().widgets_values, reloaded: reloaded.serialize().widgets_values };
+  }));
+}
+
+/** Server-side validation of the UI's prompt; a prompt that validates is queued, so wait for it and free the cache. */
+async function validate(page) {
+  return page.evaluate(async () => {
+    const { output } = await app.graphToPrompt();
+    const r = await fetch("/prompt", { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ prompt: output, client_id: "memsafe-validate" }) });
+    const body = await r.json();
+    if (r.status === 200) {
+      for (let k = 0; k < 600; k++) {
+        const h = await (await fetch(`/history/${body.prompt_id}`)).json();
+        if (h[body.prompt_id]?.status?.completed !== undefined) break;
+        await new Promise((res) => setTimeout(res, 200));
+      }
+      await fetch("/free", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ free_memory: true }) });
+    }
+    return { status: r.status, body };
+  });
+}
+
+/** Build a graph in the UI from {id, type, widgets: {name: value}, inputs: {name: [src, slot]}}. */
+async function buildGraph(page, spec) {
+  await page.evaluate((nodes) => {
+    app.graph.clear();
+    const made = {};
+    nodes.forEach((s, k) => {
+      const n = LiteGraph.createNode(s.type);
+      n.pos = s.pos ?? [40 + 330 * (k % 4), 60 + 320 * Math.floor(k / 4)];
+      app.graph.add(n);
+      for (const [name, v] of Object.entries(s.widgets ?? {})) {
+        const w = n.widgets.find((x) => x.name === name);
+        w.value = v;
+        w.callback?.(v, app.canvas, n);
+      }
+      made[s.id] = n;
+    });
+    for (const s of nodes) for (const [name, [src, slot]] of Object.entries(s.inputs ?? {})) {
+      const target = made[s.id], idx = target.inputs.findIndex((i) => i.name === name);
+      made[src].connect(slot, target, idx);
+    }
+  }, spec);
+  await settle(page);
+}
+
+/** Queue from the Run button; record the live messages and execution events as they arrive. */
+async function runFromUI(page, run) {
+  await page.evaluate((r) => {
+    window.__memsafe = { events: [] };
+    const t0 = performance.now();
+    const log = (type) => (e) => window.__memsafe.events.push({ type, t: performance.now() - t0, detail: e.detail });
+    for (const type of ["memsafe_cfg.step", "memsafe_cfg.done", "executed", "execution_error", "execution_success",
+      "execution_interrupted"]) window.comfyAPI.api.api.addEventListener(type, log(type));
+    for (const n of app.graph.nodes) for (const [name, v] of Object.entries(r.set?.[n.type] ?? {})) {
+      const w = n.widgets?.find((x) => x.name === name);
+      if (w) w.value = v;
+    }
+  }, run);
+  await clearToasts(page);
+  await page.getByRole("button", { name: "Run", exact: true }).first().click();
+  await page.waitForFunction(() => window.__memsafe.events.some((e) => /execution_(success|error|interrupted)/.test(e.type)),
+    null, { timeout: cfg.timeout_ms ?? 240000 });
+  await settle(page, 1000);
+  return page.evaluate(() => window.__memsafe.events);
+}
+
+/** Screenshot one node (and a margin) at a readable zoom. */
+async function nodeShot(page, id, file) {
+  const box = await page.evaluate((nid) => {
+    const n = app.graph.getNodeById(nid), c = app.canvas;
+    c.ds.scale = 1.25;
+    c.ds.offset = [-n.pos[0] + 40, -n.pos[1] + 60];
+    c.setDirty(true, true);
+    c.draw(true, true);
+    const r = c.canvas.getBoundingClientRect();
+    return { x: r.left + 10, y: r.top + 10, width: Math.min((n.size[0] + 60) * 1.25, r.width - 20),
+      height: Math.min((n.size[1] + 80) * 1.25, r.height - 20) };
+  }, Number(id));
+  await settle(page, 300);
+  await page.screenshot({ path: file, clip: box });
+}
+
+const userData = fs.mkdtempSync(path.join(os.tmpdir(), "memsafe-chromium-"));
+const context = await chromium.launchPersistentContext(userData, { executablePath: cfg.chromium ?? "/usr/bin/chromium",
+  headless: true, args: FLAGS, viewport: { width: 1600, height: 1000 } });
+try {
+  const page = context.pages()[0] ?? (await context.newPage());
+  page.on("pageerror", (e) => out.page_errors.push(String(e.stack ?? e).slice(0, 800)));
+  page.on("console", (m) => { if (m.type() === "error") out.console_errors.push(m.text().slice(0, 300)); });
+  await page.goto(cfg.url);
+  await page.waitForFunction(() => window.app?.graph && window.app.extensions?.length > 0, null, { timeout: 90000 });
+  await settle(page, 1500);
+  out.extensions = await page.evaluate(() => app.extensions.map((e) => e.name));
+  out.frontend = await page.evaluate(() => window.__COMFYUI_FRONTEND_VERSION__ ?? null);
+
+  for (const name of cfg.templates) {
+    const errorsBefore = out.page_errors.length;
+    await clearToasts(page);
+    const wf = await loadTemplate(page, cfg.module, name);
+    await settle(page, 800);
+    const entry = { ...(await uiState(page)), nodes: wf.nodes.length, guided: await guidedNodes(page) };
+    entry.modes = await modeCycle(page);
+    entry.page_errors = out.page_errors.slice(errorsBefore);
+    await page.screenshot({ path: shot(`template-${name}.png`) });
+    if (name !== cfg.run?.template) entry.validation = await validate(page);
+    out.templates[name] = entry;
+  }
+
+  if (cfg.run) {
+    if (cfg.run.template) await loadTemplate(page, cfg.module, cfg.run.template);
+    else await buildGraph(page, cfg.run.graph);
+    await page.evaluate(() => app.canvas.ds.reset?.());
+    const events = await runFromUI(page, cfg.run);
+    const guided = await guidedNodes(page);
+    out.run = { events, guided, ui: await uiState(page), curves: await page.evaluate(() => app.graph.nodes
+      .filter((n) => n.type === "MemSafeGuidanceCurve").map((n) => {
+        const src = (name) => { const i = n.inputs.find((x) => x.name === name); const l = i?.link != null && app.graph.links.get?.(i.link);
+          return l ? String(l.origin_id) : null; };
+        return { id: String(n.id), source: src("guider") ?? src("model"), images: (n.imgs ?? []).length,
+          prefix: n.widgets.find((w) => w.name === "filename_prefix")?.value };
+      })) };
+    await page.screenshot({ path: shot("run-graph.png") });
+    for (const g of guided) await nodeShot(page, g.id, shot(`run-node-${g.id}.png`));
+    if (cfg.readme_shot && cfg.run.readme_node) await nodeShot(page, cfg.run.readme_node, cfg.readme_shot);
+  }
+} catch (e) {
+  out.fatal = String(e.stack ?? e).slice(0, 2000);
+  try { await context.pages()[0]?.screenshot({ path: shot("fatal.png") }); } catch {}
+} finally {
+  fs.writeFileSync(cfg.result, JSON.stringify(out, null, 1));
+  await context.close();
+  fs.rmSync(userData, { recursive: true, force: true });
+}

@@ -1,0 +1,145 @@
+"""The live-curve listener (nodes/live.py) in process: a no-op without a ComfyUI server, and the messages it builds.
+
+A real GuidanceRun is driven with synthetic cond/uncond tensors whose guidance norm is chosen; the messages go to a
+list through LiveStream's ``send`` argument (the server path is covered by tests/test_browser.py).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+
+import pytest
+import torch
+
+from memsafe_cfg.guidance import NEVER, GuidanceRun, GuidanceSettings
+
+torch.set_num_threads(1)
+HUGE = 999999999.9
+
+
+def live():
+    """nodes/live.py without importing nodes/__init__ (which needs ComfyUI)."""
+    spec = importlib.util.spec_from_file_location("memsafe_cfg_live", sys.modules["memsafe_cfg"].__path__[0] + "/nodes/live.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def make_run(settings: GuidanceSettings, steps: int, batch: int, on_step=None) -> GuidanceRun:
+    sigmas = [float(steps - i) for i in range(steps + 1)]
+    pts = lambda p: HUGE if p <= 0 else 0.0 if p >= 1 else steps * (1.0 - p)
+    return GuidanceRun(settings, sigmas, [999.0 * s / steps for s in sigmas[:-1]], pts, on_step=on_step)
+
+
+def drive(run: GuidanceRun, curves: torch.Tensor, skip=()) -> None:
+    """curves [steps, B]: cond = 0 and uncond = d * sigma, so the RMS guidance norm of step i is curves[i]."""
+    steps, B = curves.shape
+    for i in range(steps):
+        if i not in skip:
+            sigma = torch.full((B,), run.sigmas[i])
+            run.combine(torch.zeros(B, 4, 2, 2), (curves[i] * sigma).reshape(B, 1, 1, 1).expand(B, 4, 2, 2).clone(), sigma, 7.5)
+        run.end_step(i)
+
+
+class Node:  # what step_listener reads from a MemSafeHandle
+    node_id = "12"
+
+
+def test_no_server_means_no_listener():
+    mod = live()
+    assert mod.prompt_server() is None  # pytest never runs ComfyUI's server module
+    assert mod.step_listener(Node()) is None
+
+
+def test_no_listener_when_server_module_lacks_an_instance(monkeypatch):
+    mod = live()
+    monkeypatch.setitem(sys.modules, "server", type(sys)("server"))  # a module named server without PromptServer
+    assert mod.prompt_server() is None and mod.step_listener(Node()) is None
+
+
+def test_step_payload_is_strict_json():
+    mod = live()
+    p = mod.step_payload("3:7", 5, 2, 10, [0.5, float("nan"), 1.25], [2, -1, 0])
+    assert p == {"node": "3:7", "run": 5, "step": 2, "steps": 10, "norms": [0.5, None, 1.25], "switched": [0]}
+    json.dumps(p, allow_nan=False)
+
+
+@pytest.mark.parametrize("transition", ["dynamic", "static", "off"])
+def test_stream_sends_every_step_in_order_then_the_trace(transition):
+    mod = live()
+    sent = []
+    settings = GuidanceSettings(guidance_before=-2.0, transition=transition, switch_percent=0.5, latest_percent=0.9,
+                                detect_threshold=0.15)
+    curves = torch.tensor([[1.0, 0.1, 2.0], [0.8, 0.2, 1.5], [0.6, 0.3, 1.0], [0.7, 0.4, 1.2], [0.9, 0.5, 1.1],
+                           [0.5, 0.6, 1.0], [0.4, 0.7, 0.9], [0.3, 0.8, 0.8]])
+    stream = mod.LiveStream(lambda event, data: sent.append((event, json.loads(json.dumps(data, allow_nan=False)))), "12")
+    run = make_run(settings, *curves.shape, on_step=stream)
+    drive(run, curves)
+    trace = run.finish()
+    steps = [d for e, d in sent if e == mod.EVENT_STEP]
+    assert [e for e, _ in sent] == [mod.EVENT_STEP] * curves.shape[0] + [mod.EVENT_DONE]
+    assert [d["step"] for d in steps] == list(range(curves.shape[0]))
+    assert all(d["node"] == "12" and d["run"] == stream.run_id and d["steps"] == 8 for d in steps)
+    torch.testing.assert_close(torch.tensor([d["norms"] for d in steps]), trace.norms)  # live points = the trace
+    for b in range(3):  # each switch is announced at its own step, and only there
+        announced = [d["step"] for d in steps if b in d["switched"]]
+        assert announced == ([] if int(trace.switch_step[b]) == NEVER else [int(trace.switch_step[b])])
+    done = sent[-1][1]
+    assert done["summary"] == trace.summary() and done["switch_step"] == trace.switch_step.tolist()
+    assert done["norms"] == trace.norms.tolist() and done["steps"] == 8
+    if transition != "off":
+        assert done["summary"][1] == "plain CFG (not flagged)"  # sample 1 starts at 0.1 < threshold 0.15
+
+
+def test_unmeasured_steps_arrive_as_null_and_nan_is_reported():
+    mod = live()
+    sent = []
+    stream = mod.LiveStream(lambda e, d: sent.append((e, json.loads(json.dumps(d, allow_nan=False)))), "4")
+    run = make_run(GuidanceSettings(), 4, 1, on_step=stream)
+    curves = torch.tensor([[1.0], [0.5], [float("nan")], [0.2]])
+    drive(run, curves)
+    assert [d["norms"] for e, d in sent if e == mod.EVENT_STEP] == [[1.0], [0.5], [None], [pytest.approx(0.2)]]
+    assert sent[-1][0] == mod.EVENT_DONE and "step 2" in sent[-1][1]["error"] and "summary" not in sent[-1][1]
+
+
+def test_each_run_gets_its_own_id():
+    mod = live()
+    a, b = mod.LiveStream(lambda e, d: None, "1"), mod.LiveStream(lambda e, d: None, "1")
+    assert a.run_id != b.run_id
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the no-host-sync path")
+def test_cuda_path_adds_no_host_synchronisation():
+    mod = live()
+    sent = []
+    stream = mod.LiveStream(lambda e, d: sent.append((e, d)), "9")
+    curves = torch.rand(30, 4, device="cuda") + 0.1
+    run = make_run(GuidanceSettings(transition="static"), 30, 4, on_step=stream)
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call in the per-step path raises
+    try:
+        for i in range(29):
+            sigma = torch.full((4,), run.sigmas[i], device="cuda")
+            run.combine(torch.zeros(4, 8, device="cuda"), (curves[i] * sigma)[:, None].expand(4, 8).contiguous(), sigma, 7.5)
+            run.end_step(i)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    sigma = torch.full((4,), run.sigmas[29], device="cuda")
+    run.combine(torch.zeros(4, 8, device="cuda"), (curves[29] * sigma)[:, None].expand(4, 8).contiguous(), sigma, 7.5)
+    run.end_step(29)  # the last step may synchronise once: the run ends here
+    steps = [d["step"] for e, d in sent if e == mod.EVENT_STEP]
+    assert steps == list(range(30)) and sent[-1][0] == mod.EVENT_DONE
+    assert all(math.isfinite(v) for e, d in sent if e == mod.EVENT_STEP for v in d["norms"])
+
+
+@pytest.mark.host
+def test_patched_model_has_no_listener_in_process():
+    from host import import_comfy, tiny_eps_model
+
+    import_comfy()
+    from memsafe_cfg.guidance import GuidanceSettings as S
+    from memsafe_cfg.nodes.adapter import patch_model
+
+    _, handle = patch_model(tiny_eps_model(), S(), node_id="5")
+    assert handle.on_step is None  # no PromptServer in this process: sampling is untouched
