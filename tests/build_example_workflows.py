@@ -10,7 +10,7 @@ from workflows import build
 
 OUT = Path(__file__).resolve().parents[1] / "example_workflows"
 CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
-PROMPT = "the great wave off kanagawa by hokusai"  # a prompt known to be memorized by SD1.x
+PROMPT = "the great wave off kanagawa by hokusai"  # a famous, much-duplicated image: a good prompt to watch the curve on
 NEGATIVE = ""
 GUIDANCE = {"guidance_before": -2.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
             "latest_percent": 0.5, "detect_threshold": 0.0}
