@@ -52,6 +52,13 @@ def test_trace_round_trip_static_and_off(tmp_path):
         assert back.settings == s and back.cfg == 3.25 and torch.equal(back.switch_step, trace.switch_step)
 
 
+def test_trace_round_trip_without_any_evaluation(tmp_path):
+    trace = GuidanceRun(dynamic(), [3.0, 2.0, 1.0, 0.0], [3.0, 2.0, 1.0], linear_pts(3)).finish()
+    trace.save(str(tmp_path / "empty.safetensors"))
+    back = Trace.load(str(tmp_path / "empty.safetensors"))
+    assert back.norms.shape == (3, 0) and back.switch_step.shape == (0,) and back.visited.tolist() == [False] * 3
+
+
 # ---- renderer ----
 
 def u8(img: torch.Tensor) -> np.ndarray:
