@@ -56,7 +56,9 @@ def _frame(draw: ImageDraw.ImageDraw, ax: _Axes, trace: Trace, font, small) -> N
         draw.line([ax.x0 + 1, y, ax.x1 - 1, y], fill=(232, 232, 232))
         draw.text((ax.x0 - 6, y), f"{v:.3g}", fill=(0, 0, 0), font=small, anchor="rm")
     n = ax.steps
-    for i in sorted(set(np.linspace(0, n - 1, min(n, 6)).round().astype(int).tolist())):
+    ticks = nice_ticks(0, max(n - 1, 1), 6)
+    every = max(1, int(ticks[1] - ticks[0]))
+    for i in range(0, n, every):
         x = ax.x(i)
         draw.line([x, ax.y0, x, ax.y0 + 4], fill=(0, 0, 0))
         draw.text((x, ax.y0 + 6), f"{i}", fill=(0, 0, 0), font=small, anchor="mt")
@@ -71,14 +73,19 @@ def _frame(draw: ImageDraw.ImageDraw, ax: _Axes, trace: Trace, font, small) -> N
         draw.text((ax.x1 - 4, y - 2), f"detect threshold {thr:g}", fill=(90, 90, 90), font=small, anchor="rb")
 
 
-def _curve(draw, ax: _Axes, trace: Trace, b: int, color, font, small, shade: bool) -> None:
-    norms, visited = trace.norms[:, b], trace.visited
+def _shade(draw, ax: _Axes, trace: Trace, b: int, small) -> None:
+    """The pre-transition phase of sample b, shaded and labelled."""
     step = int(trace.switch_step[b])
-    if shade and not trace.settings.off and bool(trace.flagged[b]):
+    if not trace.settings.off and bool(trace.flagged[b]):
         end = ax.x(step) if step != NEVER else ax.x1
         if end > ax.x0:
             draw.rectangle([ax.x0 + 1, ax.y1 + 1, end, ax.y0 - 1], fill=SHADE)
             draw.text((ax.x0 + 6, ax.y1 + 4), trace.settings.phase_label, fill=(150, 90, 0), font=small, anchor="lt")
+
+
+def _curve(draw, ax: _Axes, trace: Trace, b: int, color) -> None:
+    norms, visited = trace.norms[:, b], trace.visited
+    step = int(trace.switch_step[b])
     pts = [(ax.x(i), ax.y(float(norms[i]))) for i in range(trace.steps) if bool(visited[i]) and math.isfinite(float(norms[i]))]
     if len(pts) > 1:
         draw.line(pts, fill=color, width=2)
@@ -125,9 +132,11 @@ def render_curves(trace: Trace, layout: str = "panels") -> torch.Tensor:
         img = Image.new("RGB", (WIDTH, HEIGHT), (255, 255, 255))
         draw = ImageDraw.Draw(img)
         if trace.steps > 0:
-            for b in group:
-                _curve(draw, ax, trace, b, COLORS[b % len(COLORS)], font, small, shade=len(group) == 1)
+            if len(group) == 1:
+                _shade(draw, ax, trace, group[0], small)
             _frame(draw, ax, trace, font, small)
+            for b in group:
+                _curve(draw, ax, trace, b, COLORS[b % len(COLORS)])
         draw.text((MARGIN_L, 8), _title(trace, group[0] if len(group) == 1 else None), fill=(0, 0, 0), font=font, anchor="lt")
         if len(group) > 1:
             for k, b in enumerate(group[:8]):

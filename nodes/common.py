@@ -27,7 +27,8 @@ def guidance_inputs() -> list:
                                "sample (Algorithm 1). static: switch at switch_percent. off: plain CFG (equals stock CFG)."),
         io.Float.Input("switch_percent", default=_D.switch_percent, **pct,
                        tooltip="static only: where to switch, in ComfyUI's percent of the noise scale "
-                               "(0.5 = t 500 of 1000, the paper's setting; compared in sigma)."),
+                               "(0.5 = t 500 of 1000, the paper's setting; 0.35 = t 650; compared in sigma; "
+                               "1.0 never switches: guidance_before throughout)."),
         io.Float.Input("earliest_percent", default=_D.earliest_percent, **pct,
                        tooltip="dynamic only: no switch before this percent of the noise scale; minima before it are ignored."),
         io.Float.Input("latest_percent", default=_D.latest_percent, **pct,
