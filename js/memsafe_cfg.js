@@ -7,7 +7,7 @@ import { api } from "../../scripts/api.js";
 const GUIDED = new Set(["MemSafeCFGGuider", "MemSafeKSampler", "MemSafeCFGPatch"]);
 const SHOWN_IN = { switch_percent: ["static"], earliest_percent: ["dynamic"], latest_percent: ["dynamic"] };
 const LIVE = "memsafe_live";
-const CHART_H = 120, LINE_H = 14, PAD = 10;
+const CHART_H = 120, CHART_MIN = 44, LINE_H = 14, PAD = 10;
 const COLORS = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176", "#4db6ac", "#f06292"];
 
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
@@ -53,9 +53,15 @@ function textLines(node, live) {
   return explain(node);
 }
 
+/** Text lines under the chart, and the widget's height for a chart of the given height. */
+const lineCount = (node, live) => Math.max(2, textLines(node, live).length);
+const height = (node, live, chart) => chart + LINE_H * lineCount(node, live) + 6;
+
 function drawLive(ctx, node, width, y) {
   if (this.mode !== widget(node, "transition")?.value) applyMode(node, false); // pasted or set without a callback
-  const st = this.state, x0 = PAD, w = width - 2 * PAD, h = CHART_H - 8;
+  const lines = lineCount(node, this);
+  const chartH = Math.max(CHART_MIN, (this.computedHeight ?? height(node, this, CHART_H)) - LINE_H * lines - 6);
+  const st = this.state, x0 = PAD, w = width - 2 * PAD, h = chartH - 8;
   ctx.save();
   ctx.fillStyle = "#151515";
   ctx.strokeStyle = "#444";
@@ -128,7 +134,7 @@ function drawLive(ctx, node, width, y) {
   ctx.font = "11px sans-serif";
   textLines(node, this).forEach((line, k) => {
     ctx.fillStyle = st.summary && st.batch > 1 ? COLORS[k % COLORS.length] : "#ccc";
-    ctx.fillText(line, x0 + 4, y + CHART_H + LINE_H * (k + 0.5), w - 8);
+    ctx.fillText(line, x0 + 4, y + chartH + LINE_H * (k + 0.5), w - 8);
   });
   ctx.restore();
 }
@@ -138,9 +144,14 @@ function addLive(node) {
     name: LIVE, type: LIVE, value: "", serialize: false, options: { serialize: false },
     state: { run: null, steps: 0, batch: 0, norms: [], switchStep: [], received: [], summary: null, error: null, drawn: 0 },
     draw: drawLive,
-    computeSize(width) { return [width, CHART_H + LINE_H * Math.max(2, textLines(node, this).length) + 6]; },
+    // before any run: a small chart that grows into free space (saved layouts stay); once sampling starts: full size
+    computeLayoutSize() {
+      const min = height(node, this, this.state.run == null ? CHART_MIN : CHART_H);
+      return { minHeight: min, maxHeight: Math.max(min, height(node, this, CHART_H)), minWidth: 1 };
+    },
   };
   node.addCustomWidget(live);
+  node.setSize([node.size[0], node.size[1] + CHART_H - CHART_MIN]);
   return live;
 }
 
@@ -163,6 +174,7 @@ function liveFor(detail) {
     const batch = detail.switch_step?.length ?? detail.norms?.length ?? 0;
     Object.assign(st, { run: detail.run, steps: detail.steps, batch, norms: [], switchStep: [], received: [], summary: null,
       error: null, done: false });
+    grow(node);
   }
   return [node, live];
 }

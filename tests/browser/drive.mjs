@@ -32,10 +32,17 @@ async function clearToasts(page) {
   await page.evaluate(() => document.querySelectorAll(".p-toast-message .p-toast-close-button").forEach((b) => b.click()));
 }
 
+async function closeDialogs(page) {
+  for (let k = 0; k < 5 && (await page.locator(".p-dialog-mask").count()); k++) {
+    await page.keyboard.press("Escape");
+    await page.waitForTimeout(300);
+  }
+}
+
 /** Open the templates dialog, pick this pack's category, click the template's card; wait for its nodes. */
 async function loadTemplate(page, module, name) {
   const wf = await page.evaluate(async ([m, n]) => (await fetch(`/api/workflow_templates/${m}/${n}.json`)).json(), [module, name]);
-  await page.keyboard.press("Escape");
+  await closeDialogs(page);
   await page.evaluate(() => app.extensionManager.command.execute("Comfy.BrowseTemplates"));
   const dialog = page.getByRole("dialog").filter({ hasText: "Custom Nodes" });
   await dialog.getByText(module, { exact: true }).click();
@@ -126,12 +133,17 @@ async function runFromUI(page, run) {
     const log = (type) => (e) => window.__memsafe.events.push({ type, t: performance.now() - t0, detail: e.detail });
     for (const type of ["memsafe_cfg.step", "memsafe_cfg.done", "executed", "execution_error", "execution_success",
       "execution_interrupted"]) window.comfyAPI.api.api.addEventListener(type, log(type));
-    for (const n of app.graph.nodes) for (const [name, v] of Object.entries(r.set?.[n.type] ?? {})) {
-      const w = n.widgets?.find((x) => x.name === name);
-      if (w) w.value = v;
+    for (const n of app.graph.nodes) {
+      const set = { ...(r.set?.[n.type] ?? {}) };
+      if (n.type === "MemSafeGuidanceCurve" && r.trace_prefix) Object.assign(set, { save_trace: true, filename_prefix: `${r.trace_prefix}/curve_${n.id}` });
+      for (const [name, v] of Object.entries(set)) {
+        const w = n.widgets?.find((x) => x.name === name);
+        if (w) w.value = v;
+      }
     }
   }, run);
   await clearToasts(page);
+  await closeDialogs(page);
   await page.getByRole("button", { name: "Run", exact: true }).first().click();
   await page.waitForFunction(() => window.__memsafe.events.some((e) => /execution_(success|error|interrupted)/.test(e.type)),
     null, { timeout: cfg.timeout_ms ?? 240000 });
@@ -155,9 +167,39 @@ async function nodeShot(page, id, file) {
   await page.screenshot({ path: file, clip: box });
 }
 
+/** Screenshot a node with its direct neighbours, fitted to the viewport (the README picture). */
+async function neighbourhoodShot(page, id, file) {
+  const box = await page.evaluate((nid) => {
+    const g = app.graph, n = g.getNodeById(nid), c = app.canvas;
+    const near = new Set([n]);
+    for (const i of n.inputs ?? []) if (i.link != null) near.add(g.getNodeById(g.links.get(i.link).origin_id));
+    for (const o of n.outputs ?? []) for (const l of o.links ?? []) near.add(g.getNodeById(g.links.get(l).target_id));
+    const x0 = Math.min(...[...near].map((m) => m.pos[0])) - 20, y0 = Math.min(...[...near].map((m) => m.pos[1])) - 50;
+    const x1 = Math.max(...[...near].map((m) => m.pos[0] + m.size[0])) + 20, y1 = Math.max(...[...near].map((m) => m.pos[1] + m.size[1])) + 20;
+    const r = c.canvas.getBoundingClientRect(), scale = Math.min(1.5, (r.width - 20) / (x1 - x0), (r.height - 20) / (y1 - y0));
+    c.ds.scale = scale;
+    c.ds.offset = [-x0 + 10 / scale, -y0 + 10 / scale];
+    c.setDirty(true, true);
+    c.draw(true, true);
+    return { x: r.left, y: r.top, width: Math.min(r.width, (x1 - x0) * scale + 20), height: Math.min(r.height, (y1 - y0) * scale + 20) };
+  }, Number(id));
+  await settle(page, 300);
+  await page.screenshot({ path: file, clip: box });
+}
+
 const userData = fs.mkdtempSync(path.join(os.tmpdir(), "memsafe-chromium-"));
 const context = await chromium.launchPersistentContext(userData, { executablePath: cfg.chromium ?? "/usr/bin/chromium",
   headless: true, args: FLAGS, viewport: { width: 1600, height: 1000 } });
+// Settings and user files stay in the browser (a fresh user each run): nothing is read from or written to the
+// server's user directory, which ComfyUI keeps inside its own checkout unless started with --user-directory.
+await context.route((url) => url.hostname !== new URL(cfg.url).hostname, (route) => route.abort());  // loopback only
+await context.route(/\/api\/(settings|userdata)(\/|\?|$)/, (route) => {
+  const { pathname, search } = new URL(route.request().url());
+  if (route.request().method() !== "GET") return route.fulfill({ status: 200, contentType: "application/json", body: "{}" });
+  if (pathname.endsWith("/settings")) return route.fulfill({ status: 200, contentType: "application/json", body: "{}" });
+  if (search.includes("dir=")) return route.fulfill({ status: 200, contentType: "application/json", body: "[]" });
+  return route.fulfill({ status: 404, body: "" });
+});
 try {
   const page = context.pages()[0] ?? (await context.newPage());
   page.on("pageerror", (e) => out.page_errors.push(String(e.stack ?? e).slice(0, 800)));
@@ -182,6 +224,10 @@ try {
   }
 
   if (cfg.run) {
+    await page.evaluate(async () => {  // a clean picture: no canvas statistics, no minimap
+      await app.extensionManager.setting.set("Comfy.Graph.CanvasInfo", false);
+      await app.extensionManager.setting.set("Comfy.Minimap.Visible", false);
+    });
     if (cfg.run.template) await loadTemplate(page, cfg.module, cfg.run.template);
     else await buildGraph(page, cfg.run.graph);
     await page.evaluate(() => app.canvas.ds.reset?.());
@@ -196,7 +242,8 @@ try {
       })) };
     await page.screenshot({ path: shot("run-graph.png") });
     for (const g of guided) await nodeShot(page, g.id, shot(`run-node-${g.id}.png`));
-    if (cfg.readme_shot && cfg.run.readme_node) await nodeShot(page, cfg.run.readme_node, cfg.readme_shot);
+    const readme = guided.find((g) => g.live?.summary && g.images) ?? guided.find((g) => g.live?.summary);
+    if (cfg.readme_shot && readme) await neighbourhoodShot(page, readme.id, cfg.readme_shot);
   }
 } catch (e) {
   out.fatal = String(e.stack ?? e).slice(0, 2000);
