@@ -50,6 +50,7 @@ class LiveStream:
     def __init__(self, send: Callable[[str, dict], None], node_id: str):
         self.send, self.node_id, self.run_id = send, node_id, next(_run_ids)
         self.pending: deque = deque()  # (step, host values [2, B], cuda event)
+        self.done = False
 
     def __call__(self, run, i: int) -> None:
         """GuidanceRun's ``on_step``: step i was recorded; the last step also sends the finished run."""
@@ -81,11 +82,14 @@ class LiveStream:
                 event.synchronize()
             self.emit(i, steps, host)
 
-    def finish(self, run) -> None:
-        """The last step: one synchronisation (the run ends here anyway), then the summary."""
+    def finish(self, run, trace=None) -> None:
+        """Run end (the last step, or the adapter with its trace): one synchronisation, then the summary; once."""
+        if self.done:
+            return
+        self.done = True
         self.flush(run.plan.steps, wait=True)
         try:
-            trace = run.finish()
+            trace = trace if trace is not None else run.finish()
         except ValueError as e:  # NonFiniteGuidance: the adapter raises it to the user right after
             self.send(EVENT_DONE, {"node": self.node_id, "run": self.run_id, "error": str(e)})
             return
@@ -99,19 +103,31 @@ def step_listener(handle):
     node_id = str(handle.node_id)
     state = {"run": lambda: None, "stream": None}
 
-    def on_step(run, i: int) -> None:
+    def stream_for(run) -> Optional[LiveStream]:
         if state["run"]() is not run:  # a new run: bind it to the client that queued this prompt
             server = prompt_server()
             sid = getattr(server, "client_id", None)
             send = (lambda event, data: server.send_sync(event, data, sid)) if sid else None
             state["run"], state["stream"] = weakref.ref(run), (LiveStream(send, node_id) if send else None)
-        stream: Optional[LiveStream] = state["stream"]
-        if stream is None:
-            return
+        return state["stream"]
+
+    def guarded(call) -> None:
         try:
-            stream(run, i)
+            call()
         except Exception:  # the display must never break sampling
             log.exception("Memorization-safe CFG: live curve update failed; sampling continues.")
             state["stream"] = None
 
+    def on_step(run, i: int) -> None:
+        stream = stream_for(run)
+        if stream is not None:
+            guarded(lambda: stream(run, i))
+
+    def finished(run, trace) -> None:
+        """Run end, from the adapter: the summary, for samplers whose callback never reports the last step."""
+        stream = stream_for(run)
+        if stream is not None:
+            guarded(lambda: stream.finish(run, trace))
+
+    on_step.finished = finished
     return on_step

@@ -33,14 +33,14 @@ def make_run(settings: GuidanceSettings, steps: int, batch: int, on_step=None) -
     return GuidanceRun(settings, sigmas, [999.0 * s / steps for s in sigmas[:-1]], pts, on_step=on_step)
 
 
-def drive(run: GuidanceRun, curves: torch.Tensor, skip=()) -> None:
+def drive(run: GuidanceRun, curves: torch.Tensor, report_last: bool = True) -> None:
     """curves [steps, B]: cond = 0 and uncond = d * sigma, so the RMS guidance norm of step i is curves[i]."""
     steps, B = curves.shape
     for i in range(steps):
-        if i not in skip:
-            sigma = torch.full((B,), run.sigmas[i])
-            run.combine(torch.zeros(B, 4, 2, 2), (curves[i] * sigma).reshape(B, 1, 1, 1).expand(B, 4, 2, 2).clone(), sigma, 7.5)
-        run.end_step(i)
+        sigma = torch.full((B,), run.sigmas[i])
+        run.combine(torch.zeros(B, 4, 2, 2), (curves[i] * sigma).reshape(B, 1, 1, 1).expand(B, 4, 2, 2).clone(), sigma, 7.5)
+        if report_last or i < steps - 1:
+            run.end_step(i)
 
 
 class Node:  # what step_listener reads from a MemSafeHandle
@@ -102,6 +102,20 @@ def test_unmeasured_steps_arrive_as_null_and_nan_is_reported():
     drive(run, curves)
     assert [d["norms"] for e, d in sent if e == mod.EVENT_STEP] == [[1.0], [0.5], [None], [pytest.approx(0.2)]]
     assert sent[-1][0] == mod.EVENT_DONE and "step 2" in sent[-1][1]["error"] and "summary" not in sent[-1][1]
+
+
+def test_run_end_sends_the_summary_once_even_if_the_last_step_is_never_reported():
+    mod = live()
+    sent = []
+    stream = mod.LiveStream(lambda e, d: sent.append((e, d)), "8")
+    run = make_run(GuidanceSettings(transition="static"), 5, 2, on_step=stream)
+    drive(run, torch.rand(5, 2) + 0.5, report_last=False)  # e.g. dpm_fast: its callback steps are not the schedule's
+    assert [e for e, _ in sent] == [mod.EVENT_STEP] * 4
+    trace = run.finish()
+    stream.finish(run, trace)
+    stream.finish(run, trace)
+    assert [e for e, _ in sent] == [mod.EVENT_STEP] * 4 + [mod.EVENT_DONE]
+    assert sent[-1][1]["summary"] == trace.summary()
 
 
 def test_each_run_gets_its_own_id():
