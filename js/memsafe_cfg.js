@@ -8,7 +8,8 @@ const GUIDED = new Set(["MemSafeCFGGuider", "MemSafeKSampler", "MemSafeCFGPatch"
 const SHOWN_IN = { switch_percent: ["static"], earliest_percent: ["dynamic"], latest_percent: ["dynamic"] };
 const LIVE = "memsafe_live";
 const CHART_H = 120, CHART_MIN = 44, LINE_H = 14, PAD = 10;
-const COLORS = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176", "#4db6ac", "#f06292"];
+// the hues of guidance/render.py's curve image (sample b has one colour everywhere), lightened for the dark node
+const COLORS = ["#4ea3e0", "#e85c5c", "#5cc45c", "#b08ad8", "#ffa040", "#3fd0e0", "#f08cd0", "#b0b0b0"];
 
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
 const linked = (node, name) => node.inputs?.some((i) => i.widget?.name === name && i.link != null);
@@ -69,7 +70,7 @@ function drawLive(ctx, node, width, y) {
   ctx.roundRect(x0, y, w, h, 4);
   ctx.fill();
   ctx.stroke();
-  const left = x0 + 34, right = x0 + w - 8, top = y + 14, bottom = y + h - 16;
+  const left = x0 + 34, right = x0 + w - 8, top = y + 22, bottom = y + h - 16;
   const thr = Number(widget(node, "detect_threshold")?.value ?? 0);
   const finite = st.norms.flat().filter((v) => v != null && isFinite(v));
   const ymax = Math.max(...finite, thr, 1e-6) * 1.1;
@@ -79,7 +80,7 @@ function drawLive(ctx, node, width, y) {
   ctx.font = "10px sans-serif";
   ctx.fillStyle = "#999";
   ctx.textAlign = "left";
-  ctx.fillText(finite.length ? "guidance norm" : "guidance norm: shown here while sampling", x0 + 6, y + 10);
+  ctx.fillText(finite.length ? "guidance norm" : "guidance norm: shown here while sampling", x0 + 6, y + 12);
   ctx.textAlign = "right";
   if (finite.length) ctx.fillText(ymax.toPrecision(2), left - 3, top + 4);
   ctx.fillText("0", left - 3, bottom);

@@ -147,7 +147,9 @@ async function runFromUI(page, run) {
   await page.getByRole("button", { name: "Run", exact: true }).first().click();
   await page.waitForFunction(() => window.__memsafe.events.some((e) => /execution_(success|error|interrupted)/.test(e.type)),
     null, { timeout: cfg.timeout_ms ?? 240000 });
-  await settle(page, 1000);
+  await page.waitForFunction(() => app.graph.nodes.every((n) => !app.nodeOutputs?.[String(n.id)]?.images?.length
+    || (n.imgs ?? []).length === app.nodeOutputs[String(n.id)].images.length), null, { timeout: 20000 }).catch(() => {});
+  await settle(page, 500);
   return page.evaluate(() => window.__memsafe.events);
 }
 
@@ -230,7 +232,9 @@ try {
     });
     if (cfg.run.template) await loadTemplate(page, cfg.module, cfg.run.template);
     else await buildGraph(page, cfg.run.graph);
-    await page.evaluate(() => app.canvas.ds.reset?.());
+    await closeDialogs(page);
+    await page.evaluate(() => app.extensionManager.command.execute("Comfy.Canvas.FitView"));  // previews load on screen
+    await settle(page);
     const events = await runFromUI(page, cfg.run);
     const guided = await guidedNodes(page);
     out.run = { events, guided, ui: await uiState(page), curves: await page.evaluate(() => app.graph.nodes
