@@ -77,12 +77,15 @@ def browser_missing() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def ui(comfy_server, request):
+def ui(request):
     """One browser session: every template loaded, then the runnable workflow queued from the UI."""
     missing = browser_missing()
     if missing:
-        request.config.pluginmanager.get_plugin("terminalreporter").write_line(missing, red=True, bold=True)
+        plugins = request.config.pluginmanager
+        with plugins.get_plugin("capturemanager").global_and_fixture_disabled():
+            plugins.get_plugin("terminalreporter").write_line(missing, red=True, bold=True)
         pytest.skip(missing)
+    comfy_server = request.getfixturevalue("comfy_server")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     run = {"trace_prefix": f"memsafe_browser_{uuid.uuid4().hex[:8]}"}
     if RUNNABLE:
