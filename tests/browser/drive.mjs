@@ -232,6 +232,8 @@ try {
     });
     if (cfg.run.template) await loadTemplate(page, cfg.module, cfg.run.template);
     else await buildGraph(page, cfg.run.graph);
+    await page.evaluate(() => fetch("/free", { method: "POST", headers: { "Content-Type": "application/json" },  // no cached
+      body: JSON.stringify({ free_memory: true }) }));  // results from other tests on this server: everything samples
     await closeDialogs(page);
     await page.evaluate(() => app.extensionManager.command.execute("Comfy.Canvas.FitView"));  // previews load on screen
     await settle(page);
