@@ -37,7 +37,7 @@ def check_case(bench, res, evals: int):
     for r in rows:
         assert r["evals"] == r["base_evals"] == evals
         assert r["reps"] >= 1 and r["finite"]
-        for key in ("ratio", "ratio_min", "ratio_max", "cpu_ratio", "ms_per_step", "mem_mb"):
+        for key in ("ratio", "ratio_min", "ratio_max", "cpu_ratio", "cpu_min_ratio", "ms_per_step", "mem_mb"):
             assert math.isfinite(r[key]), key
         assert r["ratio_min"] <= r["ratio"] <= r["ratio_max"] and r["ratio"] > 0
         assert r["syncs"] is None and r["step_syncs"] is None  # counted on CUDA only
@@ -113,6 +113,52 @@ def test_table_judges_targets(bench):
     row = result([1.2, 1.3, 0.9]).rows()[0]
     assert row["ratio"] == pytest.approx(1.2) and row["ratio_min"] == pytest.approx(0.9)
     assert row["ms_per_step"] == pytest.approx(200 / 4)
+
+
+def test_count_round_counts_syncs_per_run_and_per_step(bench, cpu):
+    """The CUDA sync arithmetic, fed by a stand-in for set_sync_debug_mode's warnings."""
+    import contextlib
+    import types
+
+    import torch
+    rec = []
+    sync = types.SimpleNamespace(message="called a synchronizing CUDA operation")
+
+    @contextlib.contextmanager
+    def capture(device):
+        rec.clear()
+        yield rec
+
+    def arm(extra_per_run, extra_per_step):
+        def fn(cb):
+            rec.extend([sync, types.SimpleNamespace(message="unrelated")])  # set-up: 1 sync
+            for i in range(5):
+                rec.extend([sync] * (2 + extra_per_step))
+                cb(i, None, None, 5)
+            rec.extend([sync] * (1 + extra_per_run))
+            return torch.zeros(1)
+        return fn
+    stats, _ = bench.count_round({"stock": arm(0, 0), "ours": arm(3, 0), "chatty": arm(0, 1)}, bench.EvalCounter(), cpu,
+                                 capture=capture)
+    assert (stats["stock"].syncs, stats["stock"].step_syncs) == (1 + 10 + 1, 2.0)
+    assert (stats["ours"].syncs, stats["ours"].step_syncs) == (1 + 10 + 4, 2.0)
+    assert (stats["chatty"].syncs, stats["chatty"].step_syncs) == (1 + 15 + 1, 3.0)
+
+
+def test_cuda_rows_judge_syncs_per_step_and_memory(bench):
+    """GPU target: equal evals, ratio <= 1.01, no added sync per step (per run is fine), peak memory within 1 MB."""
+    def verdict(step_syncs=2.0, peak=0.0, ratio=1.005):
+        arms = {}
+        for ours, base in bench.PAIRS:
+            arms[base] = bench.Arm(times=[1.0], cpu=[1.0], peaks=[100.0], evals=4, syncs=12, step_syncs=2.0)
+            arms[ours] = bench.Arm(times=[ratio], cpu=[ratio], peaks=[100.0 + peak], evals=4, syncs=14, step_syncs=step_syncs)
+        lines = bench.table([bench.CaseResult(bench.Case("sd15", 64, 1, "euler", 4), arms, "cuda")], "cuda").splitlines()
+        assert "| +2 (+" in lines[2]
+        return lines[2].rsplit("|", 2)[1].strip()
+    assert verdict() == "ok"
+    assert verdict(step_syncs=3.0) == "MISSED"
+    assert verdict(peak=2 * 2**20) == "MISSED"
+    assert verdict(ratio=1.02) == "MISSED"
 
 
 def test_missing_comfyui_path_is_one_clear_line():
