@@ -128,10 +128,10 @@ async function buildGraph(page, spec) {
 /** Queue from the Run button; record the live messages and execution events as they arrive. */
 async function runFromUI(page, run) {
   await page.evaluate((r) => {
-    window.__memsafe = { events: [] };
-    const t0 = performance.now();
-    const log = (type) => (e) => window.__memsafe.events.push({ type, t: performance.now() - t0, detail: e.detail });
-    for (const type of ["memsafe_cfg.step", "memsafe_cfg.done", "executed", "execution_error", "execution_success",
+    const first = !window.__memsafe;
+    window.__memsafe = { events: [], t0: performance.now() };
+    const log = (type) => (e) => window.__memsafe.events.push({ type, t: performance.now() - window.__memsafe.t0, detail: e.detail });
+    if (first) for (const type of ["memsafe_cfg.step", "memsafe_cfg.done", "executed", "execution_error", "execution_success",
       "execution_interrupted"]) window.comfyAPI.api.api.addEventListener(type, log(type));
     for (const n of app.graph.nodes) {
       const set = { ...(r.set?.[n.type] ?? {}) };
@@ -221,35 +221,36 @@ try {
     entry.modes = await modeCycle(page);
     entry.page_errors = out.page_errors.slice(errorsBefore);
     await page.screenshot({ path: shot(`template-${name}.png`) });
-    if (name !== cfg.run?.template) entry.validation = await validate(page);
+    if (!(cfg.runs ?? []).some((r) => r.template === name)) entry.validation = await validate(page);
     out.templates[name] = entry;
   }
 
-  if (cfg.run) {
-    await page.evaluate(async () => {  // a clean picture: no canvas statistics, no minimap
-      await app.extensionManager.setting.set("Comfy.Graph.CanvasInfo", false);
-      await app.extensionManager.setting.set("Comfy.Minimap.Visible", false);
-    });
-    if (cfg.run.template) await loadTemplate(page, cfg.module, cfg.run.template);
-    else await buildGraph(page, cfg.run.graph);
+  if (cfg.runs?.length) await page.evaluate(async () => {  // a clean picture: no canvas statistics, no minimap
+    await app.extensionManager.setting.set("Comfy.Graph.CanvasInfo", false);
+    await app.extensionManager.setting.set("Comfy.Minimap.Visible", false);
+  });
+  out.runs = {};
+  for (const run of cfg.runs ?? []) {
+    if (run.template) await loadTemplate(page, cfg.module, run.template);
+    else await buildGraph(page, run.graph);
     await page.evaluate(() => fetch("/free", { method: "POST", headers: { "Content-Type": "application/json" },  // no cached
       body: JSON.stringify({ free_memory: true }) }));  // results from other tests on this server: everything samples
     await closeDialogs(page);
     await page.evaluate(() => app.extensionManager.command.execute("Comfy.Canvas.FitView"));  // previews load on screen
     await settle(page);
-    const events = await runFromUI(page, cfg.run);
+    const events = await runFromUI(page, run);
     const guided = await guidedNodes(page);
-    out.run = { events, guided, ui: await uiState(page), curves: await page.evaluate(() => app.graph.nodes
+    out.runs[run.name] = { events, guided, ui: await uiState(page), curves: await page.evaluate(() => app.graph.nodes
       .filter((n) => n.type === "MemSafeGuidanceCurve").map((n) => {
         const src = (name) => { const i = n.inputs.find((x) => x.name === name); const l = i?.link != null && app.graph.links.get?.(i.link);
           return l ? String(l.origin_id) : null; };
         return { id: String(n.id), source: src("guider") ?? src("model"), images: (n.imgs ?? []).length,
           prefix: n.widgets.find((w) => w.name === "filename_prefix")?.value };
       })) };
-    await page.screenshot({ path: shot("run-graph.png") });
-    for (const g of guided) await nodeShot(page, g.id, shot(`run-node-${g.id}.png`));
+    await page.screenshot({ path: shot(`run-${run.name}.png`) });
+    for (const g of guided) await nodeShot(page, g.id, shot(`run-${run.name}-node-${g.id}.png`));
     const readme = guided.find((g) => g.live?.summary && g.images) ?? guided.find((g) => g.live?.summary);
-    if (cfg.readme_shot && readme) await neighbourhoodShot(page, readme.id, cfg.readme_shot);
+    if (run.readme_shot && readme) await neighbourhoodShot(page, readme.id, run.readme_shot);
   }
 } catch (e) {
   out.fatal = String(e.stack ?? e).slice(0, 2000);
