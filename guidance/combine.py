@@ -12,24 +12,25 @@ def guidance_norm(cond_denoised: torch.Tensor, uncond_denoised: torch.Tensor, si
     For eps- and v-models this is ||eps_c - eps_u|| / sqrt(numel) (the paper's quantity up to a constant);
     for flow models it is the velocity difference.
     """
-    diff = uncond_denoised.float() - cond_denoised.float()
-    shape = (-1,) + (1,) * (diff.ndim - 1)
-    sig = sigma.float().reshape(shape).clamp_min(1e-8)
-    return (diff / sig).square().flatten(1).mean(1).sqrt()
+    diff = (uncond_denoised.float() - cond_denoised.float()).flatten(1)
+    sig = sigma.float().reshape(-1, 1).clamp_min(1e-8)
+    return torch.linalg.vector_norm(diff / sig, dim=1) / math.sqrt(diff.shape[1])
 
 
-def rewrite_conds(cond: torch.Tensor, uncond: torch.Tensor, scale: torch.Tensor, keep: torch.Tensor, cfg: float):
+def rewrite_conds(cond: torch.Tensor, uncond: torch.Tensor, scale, keep: torch.Tensor, cfg: float):
     """Return (cond', uncond') so that ComfyUI's ``u' + cfg * (c' - u')`` gives ``u + s_b * (c - u)`` per sample.
 
-    Samples with ``keep`` (their scale is cfg) pass through untouched, so they equal stock CFG bit for bit
-    (at cfg 1 their uncond becomes cond, which reproduces stock's cond-only result exactly).
+    ``scale`` is one float for every sample or a [B] tensor. Samples with ``keep`` (their scale is cfg) pass
+    through untouched, so they equal stock CFG bit for bit (at cfg 1 their uncond becomes cond, which reproduces
+    stock's cond-only result exactly).
     """
     shape = (-1,) + (1,) * (cond.ndim - 1)
     k = keep.reshape(shape)
-    s = scale.to(cond.dtype).reshape(shape)
+    if torch.is_tensor(scale):
+        scale = scale.to(cond.dtype).reshape(shape)
     if cfg == 0 or math.isclose(cfg, 1.0):
-        guided = uncond + s * (cond - uncond)
+        guided = torch.lerp(uncond, cond, scale)
         if cfg == 0:
             return torch.where(k, cond, guided), torch.where(k, uncond, guided)
         return torch.where(k, cond, guided), torch.where(k, cond, uncond)
-    return torch.where(k, cond, uncond + (s / cfg) * (cond - uncond)), uncond
+    return torch.where(k, cond, torch.lerp(uncond, cond, scale / cfg)), uncond

@@ -73,6 +73,9 @@ class MemSafeHandle:
         finally:
             guider.model_options["transformer_options"].pop(self.run_key, None)
         trace = run.finish(meta={"node_id": self.node_id or ""})
+        finished = getattr(self.on_step, "finished", None)  # the live curve's run-end message (nodes/live.py)
+        if finished is not None:
+            finished(run, trace)
         self.recent.append((output.detach().to("cpu", copy=True), trace))
         return output
 
