@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -52,7 +53,8 @@ class ComfyServer:
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
                "--extra-model-paths-config", str(cfg), "--database-url", "sqlite:///:memory:",
-               "--output-directory", str(self.tmp / "output"), "--temp-directory", str(self.tmp)]
+               "--output-directory", str(self.tmp / "output"), "--temp-directory", str(self.tmp),
+               "--user-directory", str(self.tmp / "user")]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + self.startup_timeout
@@ -76,6 +78,8 @@ class ComfyServer:
                 self.proc.kill()
         if getattr(self, "log", None):
             self.log.close()
+        if os.environ.get("MEMSAFE_KEEP_SERVER_DIR") != "1":
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def output_dir(self) -> Path:
         return self.tmp / "output"
