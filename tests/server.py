@@ -47,6 +47,7 @@ class ComfyServer:
 
         tiny_flow_checkpoint(models / FLOW_MODEL)
         (self.tmp / "output").mkdir()
+        (self.tmp / "user").mkdir()
         cfg = self.tmp / "extra_model_paths.yaml"
         cfg.write_text(f"memsafe_test:\n  base_path: {self.tmp}\n  custom_nodes: custom_nodes\n"
                        f"  diffusion_models: models/diffusion_models\n  checkpoints: models/checkpoints\n")
