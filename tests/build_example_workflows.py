@@ -39,9 +39,9 @@ def guider_workflow():
     return common() + [
         {"id": 5, "type": "MemSafeCFGGuider", "pos": [860, 0], "widgets": {"cfg": 7.5, **GUIDANCE},
          "inputs": {"model": (1, 0), "positive": (2, 0), "negative": (3, 0)}},
-        {"id": 6, "type": "RandomNoise", "pos": [860, 330], "widgets": {"noise_seed": 42}},
-        {"id": 7, "type": "KSamplerSelect", "pos": [860, 440], "widgets": {"sampler_name": "dpmpp_2m"}},
-        {"id": 8, "type": "BasicScheduler", "pos": [860, 540], "widgets": {"scheduler": "karras", "steps": 30, "denoise": 1.0},
+        {"id": 6, "type": "RandomNoise", "pos": [860, 580], "widgets": {"noise_seed": 42}},
+        {"id": 7, "type": "KSamplerSelect", "pos": [860, 690], "widgets": {"sampler_name": "dpmpp_2m"}},
+        {"id": 8, "type": "BasicScheduler", "pos": [860, 790], "widgets": {"scheduler": "karras", "steps": 30, "denoise": 1.0},
          "inputs": {"model": (1, 0)}},
         {"id": 9, "type": "SamplerCustomAdvanced", "pos": [1220, 200],
          "inputs": {"noise": (6, 0), "guider": (5, 0), "sampler": (7, 0), "sigmas": (8, 0), "latent_image": (4, 0)}},
@@ -55,7 +55,7 @@ def ksampler_workflow():
         {"id": 5, "type": "MemSafeKSampler", "pos": [860, 0], "size": [360, 520],
          "widgets": {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0, **GUIDANCE},
          "inputs": {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}},
-        {"id": 10, "type": "PreviewImage", "pos": [1260, 480], "inputs": {"images": (5, 1)}, "title": "Guidance norm curve",
+        {"id": 10, "type": "PreviewImage", "pos": [1260, 560], "inputs": {"images": (5, 1)}, "title": "Guidance norm curve",
          "size": [500, 400]},
     ] + decode_save((5, 0), 1260)
 
@@ -63,7 +63,7 @@ def ksampler_workflow():
 def patch_workflow():
     return common() + [
         {"id": 5, "type": "MemSafeCFGPatch", "pos": [860, 0], "widgets": GUIDANCE, "inputs": {"model": (1, 0)}},
-        {"id": 6, "type": "KSampler", "pos": [860, 300], "size": [320, 300],
+        {"id": 6, "type": "KSampler", "pos": [860, 560], "size": [320, 300],
          "widgets": {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0},
          "inputs": {"model": (5, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}},
         {"id": 10, "type": "MemSafeGuidanceCurve", "pos": [1220, 420], "inputs": {"latent": (6, 0), "model": (5, 0)},
