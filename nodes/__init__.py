@@ -5,8 +5,9 @@ from .curve import MemSafeGuidanceCurve
 from .guider import MemSafeCFGGuider
 from .ksampler import MemSafeKSampler
 from .patch import MemSafeCFGPatch
+from .testbed import NODES as TESTBED_NODES
 
-NODES = [MemSafeCFGGuider, MemSafeKSampler, MemSafeCFGPatch, MemSafeGuidanceCurve]
+NODES = [MemSafeCFGGuider, MemSafeKSampler, MemSafeCFGPatch, MemSafeGuidanceCurve, *TESTBED_NODES]
 
 
 class MemSafeExtension(ComfyExtension):

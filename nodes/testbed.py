@@ -1,0 +1,177 @@
+"""The memorization testbed inside ComfyUI: the shipped digit model as a real MODEL, its prompts, a decoder and a
+nearest-training-image check, so every sampler and the MemSafe nodes can be seen copying (or not) on any CPU."""
+from __future__ import annotations
+
+import functools
+import json
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models_base
+from comfy_api.latest import io, ui
+
+from ..testbed import data as testbed_data
+from ..testbed import measure
+from ..testbed.model import STYLES, TestbedUNet, parse_prompt
+from ..testbed.sampler import WEIGHTS
+
+CATEGORY = "sampling/memorization-safe/testbed"
+PAPER = ('Testbed for Jain et al., "Classifier-Free Guidance inside the Attraction Basin May Cause Memorization": '
+         "a 16x16 digit model trained with one exemplar per memorized prompt duplicated 80 times.")
+SIZE = 16
+
+
+class ComfyTestbedUNet(TestbedUNet):
+    """The testbed UNet with ComfyUI's diffusion_model construction and forward signature."""
+
+    def __init__(self, device=None, operations=None, dtype=None, **config):
+        super().__init__(**config)
+        self.dtype = torch.float32
+        self.to(device)
+
+    def forward(self, x, timesteps, context=None, control=None, transformer_options=None, **kwargs):
+        return super().forward(x, timesteps, context)
+
+
+class TestbedLatent(comfy.latent_formats.LatentFormat):
+    """One channel, 16x16, values in [-1, 1] (ink = +1); previews show black ink on white."""
+
+    latent_channels = 1
+    scale_factor = 1.0
+    latent_rgb_factors = [[-0.5, -0.5, -0.5]]
+    latent_rgb_factors_bias = [0.0, 0.0, 0.0]
+
+
+class TestbedConfig(comfy.supported_models_base.BASE):
+    unet_config = {"in_channels": 1}
+    unet_extra_config = {}
+    latent_format = TestbedLatent
+    sampling_settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012}  # ComfyUI's default
+    supported_inference_dtypes = [torch.float32]
+    memory_usage_factor = 0.1
+
+
+def load_testbed_model(path=WEIGHTS):
+    """The shipped weights as a ComfyUI MODEL: BaseModel (eps, discrete schedule) + ModelPatcher."""
+    from safetensors.torch import load_file
+
+    config = TestbedConfig({"in_channels": 1})
+    device, offload = comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device()
+    model = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.EPS, device=offload,
+                                       unet_model=ComfyTestbedUNet)
+    model.diffusion_model.load_state_dict(load_file(str(path)))
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=offload)
+
+
+@functools.lru_cache(maxsize=1)
+def training_data() -> testbed_data.TestbedData:
+    return testbed_data.load()
+
+
+def check_latent(samples: torch.Tensor) -> torch.Tensor:
+    if samples.ndim != 4 or tuple(samples.shape[1:]) != (1, SIZE, SIZE):
+        raise ValueError(f"samples: expected a testbed latent of shape [B, 1, {SIZE}, {SIZE}], got {list(samples.shape)}; "
+                         "sample the testbed MODEL from an Empty Latent Image of 128 x 128.")
+    return samples.float().cpu()
+
+
+def to_image(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """[B, 1, 16, 16] in [-1, 1] -> IMAGE [B, 16*scale, 16*scale, 3], black ink on white."""
+    img = (1 - (x.clamp(-1, 1) + 1) / 2).repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+    return img.movedim(1, -1).expand(-1, -1, -1, 3).contiguous()
+
+
+class MemSafeTestbedLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemSafeTestbedLoader", display_name="Memorization Testbed Model", category=CATEGORY,
+            description=f"Loads the testbed digit model (eps prediction, 1000-step discrete schedule) as a MODEL. {PAPER} "
+                        "Under plain CFG its memorized prompts copy their exemplar; sample it from a 128 x 128 Empty Latent Image.",
+            inputs=[], outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        return io.NodeOutput(load_testbed_model())
+
+
+class MemSafeTestbedPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        memorized = ", ".join(f"'{d} {s}'" for d, s in testbed_data.MEMORIZED)
+        return io.Schema(
+            node_id="MemSafeTestbedPrompt", display_name="Memorization Testbed Prompt", category=CATEGORY,
+            description=f"The testbed's text encoder: a digit and a stroke style become a CONDITIONING. {PAPER} "
+                        f"Memorized prompts: {memorized}; the other style of each digit is clean.",
+            inputs=[io.String.Input("text", default="0 bold",
+                                    tooltip=f"A digit (0-9 or zero..nine) and/or a style ({' / '.join(STYLES)}), e.g. '3 bold'. "
+                                            "Empty = the unconditional prompt (use it as the negative).")],
+            outputs=[io.Conditioning.Output()])
+
+    @classmethod
+    def validate_inputs(cls, text):
+        try:
+            parse_prompt(text)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, text) -> io.NodeOutput:
+        return io.NodeOutput([[parse_prompt(text).reshape(1, 1, -1), {}]])
+
+
+class MemSafeTestbedDecode(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemSafeTestbedDecode", display_name="Memorization Testbed Decode", category=CATEGORY,
+            description=f"Turns a testbed LATENT (the image itself, 16 x 16) into an IMAGE, enlarged for viewing. {PAPER}",
+            inputs=[io.Latent.Input("samples", tooltip="The sampled testbed latent."),
+                    io.Int.Input("scale", default=8, min=1, max=32, tooltip="Enlargement factor (nearest neighbour).")],
+            outputs=[io.Image.Output()])
+
+    @classmethod
+    def execute(cls, samples, scale) -> io.NodeOutput:
+        return io.NodeOutput(to_image(check_latent(samples["samples"]), scale))
+
+
+class MemSafeTestbedNearest(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemSafeTestbedNearest", display_name="Memorization Testbed Nearest Training Image", category=CATEGORY,
+            description=f"Finds each sample's nearest training image (cosine similarity after subtracting the training mean) "
+                        f"and flags copies, as the paper measures memorization with SSCD similarity. {PAPER}",
+            inputs=[io.Latent.Input("samples", tooltip="The sampled testbed latent."),
+                    io.Float.Input("threshold", default=measure.COPY_THRESHOLD, min=0.0, max=1.0, step=0.01,
+                                   tooltip="A similarity above this counts as a copy of a training image."),
+                    io.Int.Input("scale", default=4, min=1, max=32, tooltip="Enlargement factor of the pair images.")],
+            outputs=[io.Image.Output(display_name="pairs"), io.Float.Output(display_name="copy_rate"),
+                     io.String.Output(display_name="report")],
+            is_output_node=True)
+
+    @classmethod
+    def execute(cls, samples, threshold, scale) -> io.NodeOutput:
+        x = check_latent(samples["samples"])
+        tb = training_data()
+        sim, idx = measure.nearest(tb, x)
+        digit = measure.classify(tb, x)
+        rows = [{"sample": b, "similarity": round(float(sim[b]), 4), "nearest": int(idx[b]),
+                 "nearest_digit": int(tb.train_label[idx[b]]), "nearest_style": STYLES[int(tb.train_style[idx[b]])],
+                 "classified_digit": int(digit[b]), "copy": bool(sim[b] > threshold)} for b in range(len(x))]
+        copy_rate = sum(r["copy"] for r in rows) / max(len(rows), 1)
+        lines = [f"sample {r['sample']}: similarity {r['similarity']:.3f} to training image {r['nearest']} "
+                 f"('{r['nearest_digit']} {r['nearest_style']}'){'  COPY' if r['copy'] else ''}" for r in rows]
+        report = f"copy rate {copy_rate:.0%} (threshold {threshold:g})\n" + "\n".join(lines) + "\n" + json.dumps(rows)
+        pairs = to_image(torch.cat([x, tb.train[idx]], dim=3), scale)
+        shown = ui.PreviewImage(pairs, cls=cls).as_dict()
+        return io.NodeOutput(pairs, copy_rate, report, ui={**shown, "text": (report,)})
+
+
+NODES = [MemSafeTestbedLoader, MemSafeTestbedPrompt, MemSafeTestbedDecode, MemSafeTestbedNearest]

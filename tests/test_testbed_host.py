@@ -1,0 +1,87 @@
+"""The shipped side-by-side workflow on a real ComfyUI server: the stock KSampler copies the memorized exemplar,
+the Memorization-Safe KSampler on the same seeds does not."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.host
+WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "memsafe_testbed_side_by_side.json"
+WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+
+def to_api(workflow: dict, object_info: dict) -> dict:
+    """UI-format workflow (as the front end saves it) -> the API prompt /prompt takes."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        info = object_info[node["type"]]
+        order = info.get("input_order") or {k: list(v) for k, v in info["input"].items()}
+        values = iter(node.get("widgets_values", []))
+        inputs = {}
+        for section in ("required", "optional"):
+            for name in order.get(section, []):
+                spec = info["input"][section][name]
+                opts = spec[1] if len(spec) > 1 else {}
+                if isinstance(spec[0], list) or spec[0] in WIDGETS:
+                    inputs[name] = next(values)
+                    if opts.get("control_after_generate"):
+                        next(values)  # the front end's "fixed / randomize" value
+        assert next(values, None) is None, f"node {node['id']} {node['type']}: more widget values than widgets"
+        for socket in node.get("inputs", []):
+            if socket.get("link") is not None:
+                _, src, slot, *_ = links[socket["link"]]
+                inputs[socket["name"]] = [str(src), slot]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+def nearest_report(entry: dict, node_id: str) -> list[dict]:
+    """The per-sample rows that 'Memorization Testbed Nearest Training Image' wrote (last line of its text)."""
+    text = entry["outputs"][node_id]["text"][0]
+    return json.loads(text.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def ran(comfy_server):
+    workflow = json.loads(WORKFLOW.read_text())
+    api = to_api(workflow, comfy_server.get("/object_info"))
+    return workflow, api, comfy_server.run_prompt(api)
+
+
+def node_of(workflow, type_, title_part=""):
+    return next(str(n["id"]) for n in workflow["nodes"] if n["type"] == type_ and title_part in n.get("title", ""))
+
+
+def test_workflow_is_listed_as_a_template(comfy_server):
+    templates = comfy_server.get("/workflow_templates")
+    assert any(WORKFLOW.stem in names for names in templates.values())
+
+
+def test_stock_branch_copies_and_memsafe_branch_does_not(ran):
+    workflow, api, entry = ran
+    stock = nearest_report(entry, node_of(workflow, "MemSafeTestbedNearest", "stock"))
+    safe = nearest_report(entry, node_of(workflow, "MemSafeTestbedNearest", "Memorization-Safe"))
+    assert len(stock) == len(safe) >= 4
+    stock_copies, safe_copies = sum(r["copy"] for r in stock), sum(r["copy"] for r in safe)
+    assert stock_copies >= len(stock) - 1, f"stock KSampler copied only {stock_copies}/{len(stock)}: {stock}"
+    assert safe_copies <= stock_copies // 2, f"MemSafe KSampler copied {safe_copies}/{len(safe)}: {safe}"
+    digit = int(api[node_of(workflow, "MemSafeTestbedPrompt", "memorized")]["inputs"]["text"].split()[0])
+    assert sum(r["classified_digit"] == digit for r in safe) >= len(safe) - 1  # still the requested digit
+
+
+def test_same_seeds_and_settings_on_both_branches(ran):
+    workflow, api, _ = ran
+    stock, safe = api[node_of(workflow, "KSampler")]["inputs"], api[node_of(workflow, "MemSafeKSampler")]["inputs"]
+    for key in ("seed", "steps", "cfg", "sampler_name", "scheduler", "latent_image", "positive", "negative", "model"):
+        assert stock[key] == safe[key], key
+
+
+def test_curve_and_images_are_shown(ran):
+    workflow, _, entry = ran
+    for node in workflow["nodes"]:
+        if node["type"] in ("PreviewImage", "SaveImage"):
+            images = entry["outputs"][str(node["id"])]["images"]
+            assert images, f"node {node['id']} showed no image"
