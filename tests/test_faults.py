@@ -81,7 +81,7 @@ def check_watched(trace, probe, before=BEFORE, cfg=CFG):
     """Single-evaluation samplers: step k's point is evaluation k's raw norm, and each evaluation got its step's scale."""
     assert len(probe.evals) == trace.steps and bool(trace.visited.all())
     for k, e in enumerate(probe.evals):
-        assert torch.allclose(e.norm(), trace.norms[k], rtol=1e-6, atol=0), f"step {k}: norm not from the raw predictions"
+        assert torch.allclose(e.norm(), trace.norms[k], rtol=1e-5, atol=0), f"step {k}: norm not from the raw predictions"
         assert torch.allclose(e.scale(), trace.scales[k], rtol=1e-2, atol=1e-2), f"step {k}: applied {e.scale()} vs {trace.scales[k]}"
         assert bool(((trace.scales[k] == cfg) | (trace.scales[k] == before)).all())
 
@@ -533,7 +533,7 @@ def test_stacks_with_core_cfg_patches_and_measures_raw_predictions(eps, other, o
     assert bool(torch.isfinite(out).all()) and not torch.equal(out, out_alone), f"{other} had no effect"
     assert torch.equal(trace.norms[0], t_alone.norms[0]), "step 0 sees the same x: the norm must not depend on the other patch"
     for k, e in enumerate(probe.evals):  # every step: the norm of the raw predictions, not of another patch's output
-        assert torch.allclose(e.norm(), trace.norms[k], rtol=1e-6, atol=0), f"step {k}"
+        assert torch.allclose(e.norm(), trace.norms[k], rtol=1e-5, atol=0), f"step {k}"
 
 
 def test_cfg1_patch_forces_the_uncond_pass(eps):
