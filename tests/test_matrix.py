@@ -107,7 +107,8 @@ def _row_id(r: dict) -> str:
 
 
 def _params():
-    return [pytest.param(r, id=_row_id(r)) for r in design(_samplers())]
+    samplers = _samplers()  # none without a host: the rows are skipped, the run says so (conftest)
+    return [pytest.param(r, id=_row_id(r)) for r in design(samplers)] if samplers else []
 
 
 ROWS = _params()
