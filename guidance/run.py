@@ -5,6 +5,7 @@ branch on tensor values. The host touches tensor values once per run, in ``finis
 """
 from __future__ import annotations
 
+import bisect
 import math
 from typing import Callable, Optional, Sequence
 
@@ -30,31 +31,40 @@ def _per_sample(sigma: torch.Tensor, B: int) -> torch.Tensor:
 class GuidanceRun:
     """One sampling run. Steps come from the schedule, not from model calls.
 
-    The sampler reports each finished step with ``end_step(i)``; evaluations before that belong to step i.
-    Only the first evaluation of a step feeds the detector; every evaluation of that step uses its scale.
+    ComfyUI's samplers fire their callback right after the *first* evaluation of step i. An evaluation after
+    callback i is therefore either an extra evaluation of step i (heun's corrector, dpm_2's midpoint, ...) or the
+    first evaluation of step i+1; its sigma tells which (at or below sigma_{i+1}: step i+1), decided on the device.
+    Only the first evaluation of a step feeds the detector; every evaluation of a step uses that step's scale
+    (heun's corrector sits exactly at sigma_{i+1} and so counts for step i+1).
     """
 
     def __init__(self, settings: GuidanceSettings, sigmas: Sequence[float], timesteps: Sequence[float],
-                 percent_to_sigma: Callable[[float], float], on_step: Optional[Callable[["GuidanceRun", int], None]] = None):
+                 percent_to_sigma: Callable[[float], float], on_step: Optional[Callable[["GuidanceRun", int], None]] = None,
+                 follow_sigma: bool = False):
+        """``follow_sigma``: for samplers whose callbacks ignore the schedule (dpm_fast, dpm_adaptive), place each
+        evaluation in the schedule step whose sigma band holds it; this reads sigma on the host (one sync per call)."""
         self.settings = settings
         self.sigmas = [float(s) for s in sigmas]
         self.timesteps = [float(t) for t in timesteps]
         self.plan: StepPlan = plan_steps(self.sigmas, percent_to_sigma, settings)
         self.on_step = on_step
-        self.step = 0
-        self.recorded = -1
+        self.step = 0  # the step whose first evaluation comes next (after callback i: i + 1)
         n = self.plan.steps
-        self.visited: list[bool] = [False] * n
-        self.measured: list[bool] = [False] * n
+        self.unmeasured: list[bool] = [False] * n  # an evaluation in this step had no uncond pass (stock cfg-1 shortcut)
         self.cfgs: list[float] = [float("nan")] * n
         self.all_on = settings.off  # known on the host: every sample is on full CFG from here on
-        self.norms = self.on = self.switched = self.flagged = None
+        self.last_switch = {"dynamic": self.plan.latest, "static": self.plan.static}.get(settings.transition, 0)
+        self.sigma_first = [sg * (1 + 1e-5) + 1e-12 for sg in self.sigmas[:n]]  # step i starts at or below this
+        self.follow_sigma = follow_sigma and all(a >= b for a, b in zip(self.sigmas, self.sigmas[1:]))
+        self.bands: set[int] = set()
+        self.norms = self.on = self.got = self.switched = self.flagged = None
 
     def _allocate(self, B: int, device: torch.device) -> None:
         n = self.plan.steps
         self.norms = torch.full((n, B), float("nan"), dtype=torch.float32, device=device)
         self.on = torch.zeros((n, B), dtype=torch.bool, device=device)  # on[i, b]: sample b had full CFG in step i
         self.on[0] = self.settings.off  # plain CFG from the first step
+        self.got = torch.zeros((n, B), dtype=torch.bool, device=device)  # got[i]: step i's first evaluation was seen
         self.switched = torch.full((B,), self.settings.off, dtype=torch.bool, device=device)
         self.flagged = torch.ones(B, dtype=torch.bool, device=device)
 
@@ -66,58 +76,83 @@ class GuidanceRun:
         return torch.where(self.on.any(0), self.on.to(torch.uint8).argmax(0), NEVER)
 
     def end_step(self, i: int) -> None:
-        """The sampler finished step i (its callback fired)."""
-        if self.on_step is not None and 0 <= i == self.recorded:
-            self.on_step(self, i)
+        """The sampler's callback for step i: its first evaluation has happened."""
+        if self.follow_sigma:
+            return
+        if 0 <= i < self.plan.steps and self.norms is not None:
+            self._check_all_on(i)
+            if self.on_step is not None:
+                self.on_step(self, i)
         self.step = i + 1
 
-    def _record(self, i: int, cond: torch.Tensor, uncond: torch.Tensor, sigma: torch.Tensor, cfg: float, measured: bool) -> None:
-        if self.norms is None:
-            self._allocate(cond.shape[0], cond.device)
-        if self.norms.shape[1] != cond.shape[0]:
-            raise ValueError(f"batch size changed mid-run at step {i}: {self.norms.shape[1]} -> {cond.shape[0]}.")
-        self.recorded, self.cfgs[i], self.visited[i], self.measured[i] = i, cfg, True, measured
-        if measured:
-            self.norms[i] = guidance_norm(cond, uncond, sigma)
-        if self.all_on:
-            return
-        s, p = self.settings, self.plan
-        new = switches_at(self.norms, i, _per_sample(sigma, cond.shape[0]), p, s)
-        if i == 0:
-            plain = not_flagged(self.norms[0], s.detect_threshold)
-            self.flagged = ~plain
-            new = new | plain
-        self._switch(i, new)
-        # past() is all-true from the planned step on: every sample is switched
-        self.all_on = i >= (p.latest if s.transition == "dynamic" else p.static)
-
-    def _switch(self, i: int, new: torch.Tensor) -> None:
-        """Latch the samples in ``new`` to full CFG from step i on."""
-        self.switched = self.switched | new
-        self.on[i] = self.switched
+    def _check_all_on(self, i: int) -> None:
+        """Past the last planned switch, past() is all-true: every sample is switched (known on the host)."""
+        if not self.all_on and i >= self.last_switch:
+            self.all_on = True
+            self.switched.fill_(True)
+            self.on[i] = True
 
     def combine(self, cond: torch.Tensor, uncond: torch.Tensor, sigma: torch.Tensor, cfg: float, measured: bool = True):
         """Called once per model evaluation with the denoised predictions; returns (cond', uncond') for CFG."""
-        i = min(self.step, self.plan.steps - 1)
-        if i != self.recorded:
-            self._record(i, cond, uncond, sigma, cfg, measured)
-        elif self.plan.sigma_force > 0 and not self.all_on:  # mid-step safety net, see StepPlan
-            self._switch(i, _per_sample(sigma, cond.shape[0]).to(self.switched.device) < self.plan.sigma_force)
+        B = cond.shape[0]
+        if self.norms is None:
+            self._allocate(B, cond.device)
+        if self.norms.shape[1] != B:
+            raise ValueError(f"batch size changed mid-run at step {self.step}: {self.norms.shape[1]} -> {B}.")
+        sig = _per_sample(sigma, B).to(self.norms.device)
+        i, n = self.step, self.plan.steps
+        if self.follow_sigma:  # the band holding this sigma; never back
+            band = n - 1 - bisect.bisect_left(self.sigma_first[::-1], float(sig[0]))
+            i = self.step = max(self.step, band, 0)
+        if i >= n:  # after the last callback: extra evaluations of the last step
+            keep = self.on[n - 1] | self.switched
+        else:
+            self.cfgs[i] = cfg
+            self.unmeasured[i] |= not measured
+            d = guidance_norm(cond, uncond, sigma) if measured else self.norms[i]
+            if i == 0 or self.follow_sigma:  # step 0 before any callback, or the band: known on the host
+                take = ~self.got[i]
+                nxt = True
+            else:
+                nxt = sig <= self.sigma_first[i]
+                take = nxt & ~self.got[i]
+            self.norms[i] = torch.where(take, d, self.norms[i])
+            self.got[i] = self.got[i] | take
+            keep = self._decide(i, take, nxt, sig)
+            if self.follow_sigma:
+                self._check_all_on(i)
         if self.settings.off:
             return cond, uncond
         if self.all_on:  # rewrite_conds with every sample kept, without the tensor work
             return cond, (cond if math.isclose(cfg, 1.0) else uncond)
-        return rewrite_conds(cond, uncond, self.settings.guidance_before, self.switched, cfg)
+        return rewrite_conds(cond, uncond, self.settings.guidance_before, keep, cfg)
+
+    def _decide(self, i: int, take: torch.Tensor, nxt, sig: torch.Tensor) -> torch.Tensor:
+        """Latch the samples that switch at step i (if this is its first evaluation); return who has full CFG now."""
+        if self.all_on:
+            return self.switched
+        s = self.settings
+        new = switches_at(self.norms, i, sig, self.plan, s)
+        if i == 0:
+            plain = not_flagged(self.norms[0], s.detect_threshold)
+            self.flagged = torch.where(take, ~plain, self.flagged)
+            new = new | plain
+        force = sig < self.plan.sigma_force  # mid-step safety net, see StepPlan (all False when it is off)
+        self.switched = torch.where(take, self.switched | new | force, self.switched | force)
+        self.on[i] = torch.where(take, self.switched, self.on[i] | (force & nxt))
+        if nxt is True:
+            return self.switched
+        self.on[i - 1] = self.on[i - 1] | (force & ~nxt)  # a forced switch inside step i-1 (an extra evaluation)
+        return torch.where(nxt, self.switched, self.on[i - 1])
 
     def finish(self, meta: Optional[dict] = None) -> Trace:
         """Bring the run to the host (one synchronisation) and check every measured norm is finite."""
         n = self.plan.steps
         if self.norms is None:
             self._allocate(0, torch.device("cpu"))
-        norms, on = self.norms.cpu(), self.on.cpu()
-        visited = torch.tensor(self.visited, dtype=torch.bool)
-        measured = torch.tensor(self.measured, dtype=torch.bool)
-        bad = ~torch.isfinite(norms) & measured[:, None]
+        norms, on, got = self.norms.cpu(), self.on.cpu(), self.got.cpu()
+        visited = got.any(1)  # an evaluation was attributed to the step
+        bad = ~torch.isfinite(norms) & got & ~torch.tensor(self.unmeasured)[:, None]
         if bool(bad.any()):
             i, b = (int(v) for v in bad.nonzero()[0])
             raise NonFiniteGuidance(

@@ -24,6 +24,9 @@ log = logging.getLogger("memsafe_cfg")
 WRAPPER_KEY = "memsafe_cfg"
 HANDLE_KEY = "memsafe_cfg_handle"
 RECENT = 8
+# k-diffusion samplers whose callbacks do not follow the schedule: their evaluations are placed by sigma (a host
+# read of sigma per call, for these two only)
+OFF_SCHEDULE = ("dpm_fast_function", "dpm_adaptive_function")
 
 
 class MemSafeHandle:
@@ -61,7 +64,9 @@ class MemSafeHandle:
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         host_sigmas = sigmas.detach().float().cpu()  # once per run, before any step
         timesteps = model_sampling.timestep(host_sigmas[:-1]).float().tolist()
-        run = GuidanceRun(self.settings, host_sigmas.tolist(), timesteps, model_sampling.percent_to_sigma, on_step=self.on_step)
+        sampler_fn = getattr(getattr(args[2] if len(args) > 2 else kwargs.get("sampler"), "sampler_function", None), "__name__", "")
+        run = GuidanceRun(self.settings, host_sigmas.tolist(), timesteps, model_sampling.percent_to_sigma,
+                          on_step=self.on_step, follow_sigma=sampler_fn in OFF_SCHEDULE)
         guider.model_options.setdefault("transformer_options", {})[self.run_key] = run
 
         if len(args) > 5:

@@ -15,9 +15,8 @@ chosen greedily so that every pair of values of any two of the seven factors occ
 
 dpm_fast / dpm_adaptive: their callbacks do not follow the schedule (dpm_fast: one per solver segment, about
 steps/3 + 1, lagging; dpm_adaptive: one per attempted adaptive step, running far ahead) and they never evaluate
-at the schedule's sigmas; the trace then has points only for the callbacks they fire, measured wherever the
-solver happened to be. Rows where the known step-attribution defect shows are reported as xfail (see
-``test_step_attribution_*``, strict). One line sums up: ``MATRIX: N combinations run / P passed / F failed``.
+at the schedule's sigmas; the pack places their evaluations by sigma band instead (``test_step_attribution_*``).
+One line sums up: ``MATRIX: N combinations run / P passed / F failed``.
 """
 from __future__ import annotations
 
@@ -44,15 +43,6 @@ NORM_RTOL = 1e-5  # the pack's float32 norm vs the probe's: same inputs, a diffe
 # dpm_adaptive one per attempted adaptive step (often far more than the schedule has). Neither evaluates the
 # model at the schedule's sigmas, so a step's point can only come from somewhere inside that step's band.
 OFF_SCHEDULE = ("dpm_fast", "dpm_adaptive")
-# Samplers that evaluate the model again after their callback for step i has fired, at a sigma other than
-# sigma_i+1: a midpoint (dpm_2, dpmpp_sde, seeds, the ancestral 2S samplers on flow models) or sigma_i itself
-# again (sa_solver_pece). The pack counts that evaluation as step i+1's first: see test_step_attribution_*.
-AFTER_CALLBACK = ("dpm_2", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_2s_ancestral_cfg_pp", "dpmpp_sde",
-                  "dpmpp_sde_gpu", "seeds_2", "seeds_3", "sa_solver_pece")
-KNOWN_DEFECT = ("step attribution: callback(i) fires after step i's first evaluation, so the adapter counts step "
-                "i's later evaluations as step i+1 (dpm_fast/dpm_adaptive callbacks ignore the schedule)")
-
-
 class StepAttributionError(AssertionError):
     """A trace point or a switch sits at a sigma outside the schedule step it is recorded for."""
 
@@ -138,7 +128,7 @@ class _MatrixSummary:
         run = counts["passed"] + counts["failed"] + counts["xfailed"]
         terminalreporter.write_line(
             f"MATRIX: {run} combinations run / {counts['passed']} passed / {counts['failed'] + counts['xfailed']} failed"
-            f" ({counts['xfailed']} of them known defects marked xfail, {counts['failed']} unexpected)", bold=True)
+            + (f" ({counts['xfailed']} marked xfail)" if counts["xfailed"] else ""), bold=True)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -302,12 +292,7 @@ def test_combination(row, kinds):
     probe = Probe()
     out, handle = _sample(row["path"], base, kind, row, noise, latent, sigmas, DYNAMIC, probe)
     trace = handle.trace_for(out)
-    try:
-        check_dynamic(row, trace, probe, sigmas, base.get_model_object("model_sampling").percent_to_sigma, out, latent)
-    except StepAttributionError as e:
-        if row["sampler"] in AFTER_CALLBACK + OFF_SCHEDULE:
-            pytest.xfail(f"{KNOWN_DEFECT}: {e}")
-        raise
+    check_dynamic(row, trace, probe, sigmas, base.get_model_object("model_sampling").percent_to_sigma, out, latent)
 
 
 def test_design_covers_every_pair():
@@ -321,7 +306,7 @@ def test_design_covers_every_pair():
         assert seen == set(itertools.product(factors[a], factors[b])), f"pairs of {a} x {b} missing"
 
 
-# -- the step-attribution defect, one strict xfail per kind of sampler ---------------------------------------------
+# -- step attribution, one test per kind of sampler ---------------------------------------------
 def _watched(kinds, sampler, steps, settings, model="eps", scheduler="normal"):
     """One watched guider run: (trace, probe, sigmas, percent_to_sigma)."""
     import comfy.sample
@@ -340,7 +325,6 @@ def _watched(kinds, sampler, steps, settings, model="eps", scheduler="normal"):
 STATIC = dict(DYNAMIC, transition="static", switch_percent=0.5)
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_DEFECT)
 @pytest.mark.parametrize("sampler", ["dpm_2", "dpmpp_sde", "seeds_3", "sa_solver_pece"])
 def test_step_attribution_after_callback(kinds, sampler):
     """Step k is what the sampler reports as step k: its point is the evaluation whose result the callback got,
@@ -355,7 +339,6 @@ def test_step_attribution_after_callback(kinds, sampler):
         assert abs(float(e.scale()[0]) - float(trace.scales[k, 0])) < 0.05 * CFG, f"sigma {e.sigma:.4g} guided as another step"
 
 
-@pytest.mark.xfail(strict=True, reason=KNOWN_DEFECT)
 @pytest.mark.parametrize("sampler", OFF_SCHEDULE)
 def test_step_attribution_off_schedule(kinds, sampler):
     """dpm_fast reports one callback per solver segment (lags the schedule), dpm_adaptive one per attempted step
