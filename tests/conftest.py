@@ -32,6 +32,16 @@ def load_pack():
 load_pack()
 
 
+def load_test_module(name: str):
+    """tests/<name>.py by path: once ComfyUI is imported in process, a plain ``import server`` is ComfyUI's server.py."""
+    key = f"memsafe_tests_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
+        sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[key])
+    return sys.modules[key]
+
+
 def host_available() -> bool:
     return bool(COMFYUI_PATH) and (Path(COMFYUI_PATH) / "comfy" / "samplers.py").is_file()
 
@@ -41,9 +51,7 @@ def comfy_server():
     """One real ComfyUI server for the whole session (tests that use it are host tests)."""
     if not host_available():
         pytest.skip(HOST_MISSING)
-    from server import ComfyServer
-
-    with ComfyServer(COMFYUI_PATH) as srv:
+    with load_test_module("server").ComfyServer(COMFYUI_PATH) as srv:
         yield srv
 
 

@@ -21,7 +21,9 @@ import pytest
 import torch
 
 from memsafe_cfg.guidance import Trace
-from server import PACK_DIR_NAME
+from conftest import load_test_module
+
+PACK_DIR_NAME = load_test_module("server").PACK_DIR_NAME
 
 pytestmark = pytest.mark.host
 REPO = Path(__file__).resolve().parents[1]

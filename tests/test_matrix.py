@@ -43,6 +43,8 @@ NORM_RTOL = 1e-5  # the pack's float32 norm vs the probe's: same inputs, a diffe
 # dpm_adaptive one per attempted adaptive step (often far more than the schedule has). Neither evaluates the
 # model at the schedule's sigmas, so a step's point can only come from somewhere inside that step's band.
 OFF_SCHEDULE = ("dpm_fast", "dpm_adaptive")
+
+
 class StepAttributionError(AssertionError):
     """A trace point or a switch sits at a sigma outside the schedule step it is recorded for."""
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from server import PACK_DIR_NAME
+from conftest import load_test_module
+
+PACK_DIR_NAME = load_test_module("server").PACK_DIR_NAME
 from workflows import problems
 
 pytestmark = pytest.mark.host

@@ -104,7 +104,7 @@ def problems(workflow: dict, object_info: dict) -> list[str]:
             continue
         out_t = object_info[nodes[src]["type"]]["output"][slot]
         in_t = socket_inputs(object_info[nodes[dst]["type"]])[dslot][1]
-        if not (out_t == in_t == typ):
+        if not (out_t == typ and in_t in (out_t, "*")):  # "*" inputs (PreviewAny, ...) take any type
             errs.append(f"link {lid}: {nodes[src]['type']} output {out_t} -> {nodes[dst]['type']} input {in_t} (link says {typ})")
     return errs
 
