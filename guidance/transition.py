@@ -16,7 +16,7 @@ def first_local_minimum(d: torch.Tensor, i: int) -> torch.Tensor:
 
 def past(i: int, step: int, sigma: torch.Tensor, sigma_at: float) -> torch.Tensor:
     """Step i (evaluated at ``sigma`` [B]) is past a percent: its index reached ``step`` or sigma <= ``sigma_at``."""
-    return (sigma <= sigma_at) | (i >= step)
+    return sigma <= sigma_at if i < step else torch.ones_like(sigma, dtype=torch.bool)
 
 
 def switches_at(d: torch.Tensor, i: int, sigma: torch.Tensor, plan: StepPlan, settings: GuidanceSettings) -> torch.Tensor:
