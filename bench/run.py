@@ -72,13 +72,8 @@ def comfy_available() -> bool:
 
 
 def load_pack():
-    """Import the repo as package ``memsafe_cfg`` (as tests/conftest.py does; the repo root never goes on sys.path)."""
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = module
-        spec.loader.exec_module(module)
-    return sys.modules[PACKAGE]
+    """Import the repo as package ``memsafe_cfg``, the way the tests do (tests/host.py)."""
+    return load_host().load_pack()
 
 
 def load_host():

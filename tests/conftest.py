@@ -12,21 +12,11 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-REPO = Path(__file__).resolve().parents[1]
-PACKAGE = "memsafe_cfg"
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported (host imports it)
+from host import load_pack  # noqa: E402
+
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 HOST_MISSING = "HOST TESTS SKIPPED: COMFYUI_PATH is unset or not a ComfyUI checkout; set it to run the real-ComfyUI tier."
-
-
-def load_pack():
-    """Import the repo as package ``memsafe_cfg`` without putting the repo root on sys.path."""
-    if PACKAGE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[PACKAGE] = module
-        spec.loader.exec_module(module)
-    return sys.modules[PACKAGE]
 
 
 load_pack()

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -13,6 +14,19 @@ from pathlib import Path
 import torch
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "memsafe_cfg"
+
+
+def load_pack():
+    """Import the repo as package ``memsafe_cfg``, as ComfyUI does, without putting the repo root on sys.path
+    (the pack's ``nodes/`` folder must never shadow ComfyUI's ``nodes``)."""
+    if PACKAGE not in sys.modules:
+        spec = importlib.util.spec_from_file_location(PACKAGE, REPO / "__init__.py", submodule_search_locations=[str(REPO)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PACKAGE] = module
+        spec.loader.exec_module(module)
+    return sys.modules[PACKAGE]
 
 
 def import_comfy():

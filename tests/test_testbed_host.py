@@ -7,35 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from workflows import to_api
+
 pytestmark = pytest.mark.host
 WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "memsafe_testbed_side_by_side.json"
-WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
-
-
-def to_api(workflow: dict, object_info: dict) -> dict:
-    """UI-format workflow (as the front end saves it) -> the API prompt /prompt takes."""
-    links = {link[0]: link for link in workflow["links"]}
-    prompt = {}
-    for node in workflow["nodes"]:
-        info = object_info[node["type"]]
-        order = info.get("input_order") or {k: list(v) for k, v in info["input"].items()}
-        values = iter(node.get("widgets_values", []))
-        inputs = {}
-        for section in ("required", "optional"):
-            for name in order.get(section, []):
-                spec = info["input"][section][name]
-                opts = spec[1] if len(spec) > 1 else {}
-                if isinstance(spec[0], list) or spec[0] in WIDGETS:
-                    inputs[name] = next(values)
-                    if opts.get("control_after_generate"):
-                        next(values)  # the front end's "fixed / randomize" value
-        assert next(values, None) is None, f"node {node['id']} {node['type']}: more widget values than widgets"
-        for socket in node.get("inputs", []):
-            if socket.get("link") is not None:
-                _, src, slot, *_ = links[socket["link"]]
-                inputs[socket["name"]] = [str(src), slot]
-        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return prompt
 
 
 def nearest_report(entry: dict, node_id: str) -> list[dict]:
