@@ -1,7 +1,8 @@
 """The per-run state machine: observe each model evaluation, decide each sample's scale, build the trace.
 
 The per-call path (``combine``) works on device tensors only: no ``.item()``, no ``.cpu()``, no Python
-branch on tensor values. The host touches tensor values once per run, in ``finish``.
+branch on tensor values. The host touches tensor values once per run, in ``finish``. The one exception is
+``follow_sigma``, for the two samplers whose callbacks ignore the schedule (dpm_fast, dpm_adaptive).
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ class GuidanceRun:
         self.last_switch = {"dynamic": self.plan.latest, "static": self.plan.static}.get(settings.transition, 0)
         self.sigma_first = [sg * (1 + 1e-5) + 1e-12 for sg in self.sigmas[:n]]  # step i starts at or below this
         self.follow_sigma = follow_sigma and all(a >= b for a, b in zip(self.sigmas, self.sigmas[1:]))
-        self.bands: set[int] = set()
+        self.ascending = self.sigma_first[::-1]
         self.norms = self.on = self.got = self.switched = self.flagged = None
 
     def _allocate(self, B: int, device: torch.device) -> None:
@@ -102,7 +103,7 @@ class GuidanceRun:
         sig = _per_sample(sigma, B).to(self.norms.device)
         i, n = self.step, self.plan.steps
         if self.follow_sigma:  # the band holding this sigma; never back
-            band = n - 1 - bisect.bisect_left(self.sigma_first[::-1], float(sig[0]))
+            band = n - 1 - bisect.bisect_left(self.ascending, float(sig[0]))
             i = self.step = max(self.step, band, 0)
         if i >= n:  # after the last callback: extra evaluations of the last step
             keep = self.on[n - 1] | self.switched
