@@ -29,6 +29,11 @@ def _per_sample(sigma: torch.Tensor, B: int) -> torch.Tensor:
     return sigma.expand(B) if sigma.numel() == 1 else sigma
 
 
+def _first_on(on: torch.Tensor) -> torch.Tensor:
+    """Per sample, the first step of ``on`` [steps, B] that is true; NEVER if none."""
+    return torch.where(on.any(0), on.to(torch.uint8).argmax(0), NEVER)
+
+
 class GuidanceRun:
     """One sampling run. Steps come from the schedule, not from model calls.
 
@@ -54,7 +59,6 @@ class GuidanceRun:
         self.unmeasured: list[bool] = [False] * n  # an evaluation in this step had no uncond pass (stock cfg-1 shortcut)
         self.cfgs: list[float] = [float("nan")] * n
         self.all_on = settings.off  # known on the host: every sample is on full CFG from here on
-        self.last_switch = {"dynamic": self.plan.latest, "static": self.plan.static}.get(settings.transition, 0)
         self.sigma_first = [sg * (1 + 1e-5) + 1e-12 for sg in self.sigmas[:n]]  # step i starts at or below this
         self.follow_sigma = follow_sigma and all(a >= b for a, b in zip(self.sigmas, self.sigmas[1:]))
         self.ascending = self.sigma_first[::-1]
@@ -72,9 +76,7 @@ class GuidanceRun:
     @property
     def switch_step(self) -> Optional[torch.Tensor]:
         """First step each sample ran with full CFG (NEVER if none yet), on the device."""
-        if self.on is None:
-            return None
-        return torch.where(self.on.any(0), self.on.to(torch.uint8).argmax(0), NEVER)
+        return None if self.on is None else _first_on(self.on)
 
     def end_step(self, i: int) -> None:
         """The sampler's callback for step i: its first evaluation has happened."""
@@ -88,7 +90,7 @@ class GuidanceRun:
 
     def _check_all_on(self, i: int) -> None:
         """Past the last planned switch, past() is all-true: every sample is switched (known on the host)."""
-        if not self.all_on and i >= self.last_switch:
+        if not self.all_on and i >= self.plan.all_on:
             self.all_on = True
             self.switched.fill_(True)
             self.on[i] = True
@@ -165,7 +167,6 @@ class GuidanceRun:
         cfgs = torch.tensor(self.cfgs, dtype=torch.float32)[:, None]
         scales = torch.where(on, cfgs, torch.tensor(self.settings.guidance_before, dtype=torch.float32))
         scales[~visited] = float("nan")
-        first = torch.where(on.any(0), on.to(torch.uint8).argmax(0), NEVER)
         cfg = [c for c in self.cfgs if math.isfinite(c)]
         return Trace(
             settings=self.settings,
@@ -174,7 +175,7 @@ class GuidanceRun:
             norms=norms,
             scales=scales,
             visited=visited,
-            switch_step=first.to(torch.int64),
+            switch_step=_first_on(on).to(torch.int64),
             flagged=self.flagged.cpu(),
             cfg=cfg[-1] if cfg else 0.0,
             meta=dict(meta or {}),

@@ -16,7 +16,8 @@ class StepPlan:
     reaches the planned step *or* its evaluated sigma is at or below the percent's sigma (samplers such as
     dpm_fast take fewer, larger steps than the schedule has). ``sigma_force``: any evaluation strictly below it
     switches a sample that has not switched yet, even mid-step (a safety net that schedule-following samplers
-    never trigger, since their evaluations in step i < k all lie at or above sigma_k).
+    never trigger, since their evaluations in step i < k all lie at or above sigma_k). ``all_on``: from this step
+    on every sample is on full CFG: the latest guard (dynamic), the static switch (``steps`` if never), 0 (off).
     """
 
     steps: int
@@ -27,6 +28,7 @@ class StepPlan:
     sigma_earliest: float = -1.0
     sigma_latest: float = -1.0
     sigma_force: float = -1.0
+    all_on: int = 0
 
 
 def first_step_at_or_below(sigmas: Sequence[float], sigma: float) -> int:
@@ -50,7 +52,8 @@ def plan_steps(sigmas: Sequence[float], percent_to_sigma: Callable[[float], floa
     earliest = first_step_at_or_below(sigmas, sig[settings.earliest_percent])
     latest = min(max(first_step_at_or_below(sigmas, sig[settings.latest_percent]), earliest), steps - 1)
     static = first_step_at_or_below(sigmas, sig[settings.switch_percent])
-    force_step = {"dynamic": latest, "static": static}.get(settings.transition, steps)
+    all_on = {"dynamic": latest, "static": static}.get(settings.transition, 0)
+    force = all_on < steps and settings.transition != "off"
     return StepPlan(steps=steps, static=static, earliest=earliest, latest=latest, sigma_static=sig[settings.switch_percent],
                     sigma_earliest=sig[settings.earliest_percent], sigma_latest=sig[settings.latest_percent],
-                    sigma_force=float(sigmas[force_step]) if force_step < steps else -1.0)
+                    sigma_force=float(sigmas[all_on]) if force else -1.0, all_on=all_on)
