@@ -3,6 +3,7 @@ Basin May Cause Memorization"), host-free: torch, numpy, Pillow and the standard
 from .combine import guidance_norm, rewrite_conds
 from .render import render_curves
 from .run import GuidanceRun, NonFiniteGuidance
+from . import scan
 from .schedule import StepPlan, plan_steps
 from .settings import TRANSITIONS, GuidanceSettings
 from .trace import NEVER, Trace
@@ -10,5 +11,5 @@ from .transition import first_local_minimum, not_flagged, switches_at
 
 __all__ = [
     "GuidanceRun", "GuidanceSettings", "NEVER", "NonFiniteGuidance", "StepPlan", "TRANSITIONS", "Trace",
-    "first_local_minimum", "guidance_norm", "not_flagged", "plan_steps", "render_curves", "rewrite_conds", "switches_at",
+    "first_local_minimum", "guidance_norm", "not_flagged", "plan_steps", "render_curves", "rewrite_conds", "scan", "switches_at",
 ]

@@ -5,9 +5,10 @@ from .curve import MemSafeGuidanceCurve
 from .guider import MemSafeCFGGuider
 from .ksampler import MemSafeKSampler
 from .patch import MemSafeCFGPatch
+from .scan import MemSafeMemorizationScan
 from .testbed import NODES as TESTBED_NODES
 
-NODES = [MemSafeCFGGuider, MemSafeKSampler, MemSafeCFGPatch, MemSafeGuidanceCurve, *TESTBED_NODES]
+NODES = [MemSafeCFGGuider, MemSafeKSampler, MemSafeCFGPatch, MemSafeGuidanceCurve, MemSafeMemorizationScan, *TESTBED_NODES]
 
 
 class MemSafeExtension(ComfyExtension):

@@ -86,18 +86,70 @@ def to_image(x: torch.Tensor, scale: int) -> torch.Tensor:
     return img.movedim(1, -1).expand(-1, -1, -1, 3).contiguous()
 
 
+class TestbedTokenizer:
+    """ComfyUI tokenizer interface for the testbed's prompt language: the 'tokens' are the parsed prompt vector."""
+
+    def __init__(self, embedding_directory=None, tokenizer_data={}):
+        pass
+
+    def tokenize_with_weights(self, text, return_word_ids=False, **kwargs):
+        return {"testbed": parse_prompt(text)}  # ValueError naming the word it does not understand
+
+    def untokenize(self, token_weight_pair):
+        return token_weight_pair
+
+    def state_dict(self):
+        return {}
+
+
+class TestbedTextEncoder(torch.nn.Module):
+    """The text-encoder half of ComfyUI's CLIP interface: the prompt vector as a [1, 1, D] cond, pooled [1, D]."""
+
+    def __init__(self, device=None, dtype=None, model_options={}):
+        super().__init__()
+        self.dtypes = {torch.float32}
+
+    def reset_clip_options(self):
+        pass
+
+    def set_clip_options(self, options):
+        pass
+
+    def encode_token_weights(self, tokens):
+        v = tokens["testbed"].float().reshape(1, 1, -1)
+        return v, v[:, 0]
+
+    def load_sd(self, sd):
+        return [], []
+
+
+def load_testbed_clip():
+    """A real comfy.sd.CLIP (its own patcher, tokenize, encode_from_tokens_scheduled) over the testbed prompt encoder,
+    so the stock CLIPTextEncode node turns '3 bold' into the same cond as MemSafeTestbedPrompt."""
+    import types
+
+    import comfy.sd
+
+    target = types.SimpleNamespace(params={}, clip=TestbedTextEncoder, tokenizer=TestbedTokenizer)
+    return comfy.sd.CLIP(target=target, parameters=0)
+
+
 class MemSafeTestbedLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="MemSafeTestbedLoader", display_name="Memorization Testbed Model", category=CATEGORY,
-            description=f"Loads the testbed digit model (eps prediction, 1000-step discrete schedule) as a MODEL. {PAPER} "
+            description=f"Loads the testbed digit model (eps prediction, 1000-step discrete schedule) as a MODEL, and its "
+                        f"prompt encoder as a CLIP for the stock CLIP Text Encode node. {PAPER} "
                         "Under plain CFG its memorized prompts copy their exemplar; sample it from a 128 x 128 Empty Latent Image.",
-            inputs=[], outputs=[io.Model.Output()])
+            inputs=[], outputs=[io.Model.Output(tooltip="The testbed digit model (eps prediction): sample it like any "
+                                                        "checkpoint's MODEL, from a 128 x 128 Empty Latent Image."),
+                                io.Clip.Output(tooltip="The testbed's text encoder for CLIP Text Encode (or the Memorization "
+                                                       "Scan): a digit and/or a style such as '3 bold'; empty = unconditional.")])
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
-        return io.NodeOutput(load_testbed_model())
+        return io.NodeOutput(load_testbed_model(), load_testbed_clip())
 
 
 class MemSafeTestbedPrompt(io.ComfyNode):
