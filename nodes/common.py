@@ -1,6 +1,8 @@
 """The guidance inputs every node shares, written once."""
 from __future__ import annotations
 
+import dataclasses
+
 from comfy_api.latest import io
 
 from ..guidance import TRANSITIONS, GuidanceSettings
@@ -13,6 +15,16 @@ NORM_NOTE = ("The guidance norm is the per-sample RMS of (uncond_denoised - cond
 TRACE = io.Custom("MEMSAFE_TRACE")
 GUIDANCE_NAMES = ("guidance_before", "transition", "switch_percent", "earliest_percent", "latest_percent", "detect_threshold")
 _D = GuidanceSettings()
+SEARCH_ALIASES = ["memorization", "memorized", "memorisation", "copy", "copying", "training data", "regurgitation",
+                  "replication", "cfg", "classifier-free guidance", "guidance", "guidance schedule", "cfg schedule",
+                  "attraction basin", "memsafe"]
+
+
+def schema_extras(**fields) -> dict:
+    """The Schema fields the running host has: search_aliases exists on ComfyUI 0.33 (in /object_info, searched by
+    the front end) but not on 0.3.64, whose Schema would reject it. Unknown fields are left out, never an error."""
+    known = {f.name for f in dataclasses.fields(io.Schema)}
+    return {k: v for k, v in fields.items() if k in known}
 
 
 def guidance_inputs() -> list:

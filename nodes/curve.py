@@ -8,7 +8,7 @@ from comfy_api.latest import io, ui
 
 from ..guidance import render_curves
 from .adapter import find_handle
-from .common import CATEGORY, PAPER, TRACE
+from .common import CATEGORY, PAPER, SEARCH_ALIASES, TRACE, schema_extras
 
 
 def write_trace(trace, filename_prefix: str) -> str:
@@ -48,8 +48,14 @@ class MemSafeGuidanceCurve(io.ComfyNode):
                 io.String.Input("filename_prefix", default="memsafe/trace",
                                 tooltip="Where the trace goes, relative to ComfyUI's output folder."),
             ],
-            outputs=[io.Image.Output(display_name="curve"), TRACE.Output(display_name="trace")],
+            outputs=[io.Image.Output(display_name="curve",
+                                     tooltip="The guidance-norm curve of the run that produced this latent: the shaded "
+                                             "part is before the switch, the diamond marks each sample's switch step."),
+                     TRACE.Output(display_name="trace",
+                                  tooltip="Per step and sample: sigmas, timesteps, guidance norms, applied scales, switch "
+                                          "steps, detection flags and the settings.")],
             is_output_node=True,
+            **schema_extras(search_aliases=[*SEARCH_ALIASES, "guidance norm", "curve", "plot", "trace"]),
         )
 
     @classmethod

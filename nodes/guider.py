@@ -5,7 +5,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from .adapter import patch_model
-from .common import CATEGORY, node_id, PAPER, guidance_inputs, settings_from, validate
+from .common import CATEGORY, SEARCH_ALIASES, node_id, PAPER, guidance_inputs, schema_extras, settings_from, validate
 
 
 class MemSafeCFGGuider(io.ComfyNode):
@@ -25,8 +25,10 @@ class MemSafeCFGGuider(io.ComfyNode):
                                tooltip="CFG scale after the transition (the paper uses 7.5)."),
                 *guidance_inputs(),
             ],
-            outputs=[io.Guider.Output()],
+            outputs=[io.Guider.Output(tooltip="A CFG guider over the memorization-safe patched model: connect it to "
+                                              "SamplerCustomAdvanced, and to 'Guidance Norm Curve' to see each switch.")],
             hidden=[io.Hidden.unique_id],
+            **schema_extras(search_aliases=[*SEARCH_ALIASES, "guider", "cfg guider"]),
         )
 
     @classmethod

@@ -7,7 +7,7 @@ from comfy_api.latest import io, ui
 
 from ..guidance import render_curves
 from .adapter import patch_model
-from .common import CATEGORY, node_id, PAPER, TRACE, guidance_inputs, settings_from, validate
+from .common import CATEGORY, SEARCH_ALIASES, node_id, PAPER, TRACE, guidance_inputs, schema_extras, settings_from, validate
 
 
 class MemSafeKSampler(io.ComfyNode):
@@ -36,8 +36,15 @@ class MemSafeKSampler(io.ComfyNode):
                 io.Combo.Input("curve_layout", options=["panels", "overlay"], default="panels", optional=True,
                                tooltip="panels: one curve image per sample (image i pairs with latent i); overlay: one image."),
             ],
-            outputs=[io.Latent.Output(display_name="LATENT"), io.Image.Output(display_name="curve"), TRACE.Output(display_name="trace")],
+            outputs=[io.Latent.Output(display_name="LATENT", tooltip="The denoised latent (decode it with VAE Decode)."),
+                     io.Image.Output(display_name="curve",
+                                     tooltip="The guidance-norm curve, one panel per sample (image i pairs with latent i): "
+                                             "the shaded part is before the switch, the diamond marks the switch step."),
+                     TRACE.Output(display_name="trace",
+                                  tooltip="Per step and sample: sigmas, timesteps, guidance norms, applied scales, switch "
+                                          "steps, detection flags and the settings (the curve node can save it).")],
             hidden=[io.Hidden.unique_id],
+            **schema_extras(search_aliases=[*SEARCH_ALIASES, "ksampler", "sampler"]),
         )
 
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .adapter import patch_model
-from .common import CATEGORY, node_id, PAPER, guidance_inputs, settings_from, validate
+from .common import CATEGORY, SEARCH_ALIASES, node_id, PAPER, guidance_inputs, schema_extras, settings_from, validate
 
 
 class MemSafeCFGPatch(io.ComfyNode):
@@ -18,8 +18,10 @@ class MemSafeCFGPatch(io.ComfyNode):
                         "Chains with other CFG patches (the norm is measured on the raw predictions) and always runs "
                         "the unconditional pass, even at cfg 1.",
             inputs=[io.Model.Input("model", tooltip="The diffusion model to patch (eps, v or flow prediction)."), *guidance_inputs()],
-            outputs=[io.Model.Output()],
+            outputs=[io.Model.Output(tooltip="The model with memorization-safe guidance: use it in any sampler (cfg "
+                                             "comes from the sampler), and in 'Guidance Norm Curve' to see each switch.")],
             hidden=[io.Hidden.unique_id],
+            **schema_extras(search_aliases=[*SEARCH_ALIASES, "model patch", "cfg patch"]),
         )
 
     @classmethod

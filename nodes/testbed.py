@@ -163,7 +163,7 @@ class MemSafeTestbedPrompt(io.ComfyNode):
             inputs=[io.String.Input("text", default="0 bold",
                                     tooltip=f"A digit (0-9 or zero..nine) and/or a style ({' / '.join(STYLES)}), e.g. '3 bold'. "
                                             "Empty = the unconditional prompt (use it as the negative).")],
-            outputs=[io.Conditioning.Output()])
+            outputs=[io.Conditioning.Output(tooltip="The prompt as the testbed model's conditioning: positive or negative.")])
 
     @classmethod
     def validate_inputs(cls, text):
@@ -186,7 +186,7 @@ class MemSafeTestbedDecode(io.ComfyNode):
             description=f"Turns a testbed LATENT (the image itself, 16 x 16) into an IMAGE, enlarged for viewing. {PAPER}",
             inputs=[io.Latent.Input("samples", tooltip="The sampled testbed latent."),
                     io.Int.Input("scale", default=8, min=1, max=32, tooltip="Enlargement factor (nearest neighbour).")],
-            outputs=[io.Image.Output()])
+            outputs=[io.Image.Output(tooltip="The samples as images, black ink on white, enlarged by scale.")])
 
     @classmethod
     def execute(cls, samples, scale) -> io.NodeOutput:
@@ -204,8 +204,13 @@ class MemSafeTestbedNearest(io.ComfyNode):
                     io.Float.Input("threshold", default=measure.COPY_THRESHOLD, min=0.0, max=1.0, step=0.01,
                                    tooltip="A similarity above this counts as a copy of a training image."),
                     io.Int.Input("scale", default=4, min=1, max=32, tooltip="Enlargement factor of the pair images.")],
-            outputs=[io.Image.Output(display_name="pairs"), io.Float.Output(display_name="copy_rate"),
-                     io.String.Output(display_name="report")],
+            outputs=[io.Image.Output(display_name="pairs",
+                                     tooltip="Each sample (left) beside its nearest training image (right)."),
+                     io.Float.Output(display_name="copy_rate",
+                                     tooltip="The fraction of samples whose similarity exceeds threshold (0..1)."),
+                     io.String.Output(display_name="report",
+                                      tooltip="One line per sample (similarity, nearest training image, COPY flag), "
+                                              "then the same rows as JSON.")],
             is_output_node=True)
 
     @classmethod
