@@ -1,5 +1,6 @@
 """Memorization-safe classifier-free guidance (Jain et al., "Classifier-Free Guidance inside the Attraction
 Basin May Cause Memorization"), host-free: torch, numpy, Pillow and the standard library only."""
+from .clock import StepClock, Tick
 from .combine import guidance_norm, rewrite_conds
 from .render import render_curves
 from .run import GuidanceRun, NonFiniteGuidance
@@ -7,9 +8,10 @@ from . import scan
 from .schedule import StepPlan, plan_steps
 from .settings import TRANSITIONS, GuidanceSettings
 from .trace import NEVER, Trace
-from .transition import first_local_minimum, not_flagged, switches_at
+from .transition import Latch, due, first_local_minimum, not_flagged
 
 __all__ = [
-    "GuidanceRun", "GuidanceSettings", "NEVER", "NonFiniteGuidance", "StepPlan", "TRANSITIONS", "Trace",
-    "first_local_minimum", "guidance_norm", "not_flagged", "plan_steps", "render_curves", "rewrite_conds", "scan", "switches_at",
+    "GuidanceRun", "GuidanceSettings", "Latch", "NEVER", "NonFiniteGuidance", "StepClock", "StepPlan", "TRANSITIONS",
+    "Tick", "Trace", "due", "first_local_minimum", "guidance_norm", "not_flagged", "plan_steps", "render_curves",
+    "rewrite_conds", "scan",
 ]

@@ -1,37 +1,32 @@
-"""Per-sample transition rules, as tensor ops on the device (no host synchronisation)."""
+"""The transition decision: per sample, when to leave the pre-transition phase for full CFG (Algorithm 1, the
+static switch, the guards, first-step detection), as a latch on the device (no host synchronisation)."""
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 
+from .clock import Tick
 from .schedule import StepPlan
 from .settings import GuidanceSettings
 
 
-def first_local_minimum(d: torch.Tensor, i: int) -> torch.Tensor:
-    """Algorithm 1, line 6: d_{i-2} > d_{i-1} < d_i, with d_{-1} = d_{-2} = -inf. ``d`` is [steps, B]."""
-    if i < 2:
-        return torch.zeros(d.shape[1], dtype=torch.bool, device=d.device)
-    return (d[i - 2] > d[i - 1]) & (d[i - 1] < d[i])
+def first_local_minimum(d: Sequence[torch.Tensor], i: int) -> torch.Tensor:
+    """Algorithm 1, line 6: d_{i-2} > d_{i-1} < d_i, with d_{-1} = d_{-2} = -inf.
 
-
-def past(i: int, step: int, sigma: torch.Tensor, sigma_at: float) -> torch.Tensor:
-    """Step i (evaluated at ``sigma`` [B]) is past a percent: its index reached ``step`` or sigma <= ``sigma_at``."""
-    return sigma <= sigma_at if i < step else torch.ones_like(sigma, dtype=torch.bool)
-
-
-def switches_at(d: torch.Tensor, i: int, sigma: torch.Tensor, plan: StepPlan, settings: GuidanceSettings) -> torch.Tensor:
-    """Which samples must be guided with full CFG from step i on (before latching and detection).
-
-    dynamic: the step after the first local minimum of d within [earliest, latest], forced at latest.
-    static: every sample once past switch_percent. off: everyone.
+    ``d`` holds one [B] row per step ([steps, B] tensor or a list of rows). Written as
+    d_{i-1} < min(d_{i-2}, d_i): the same strict test, and a NaN (unmeasured) anywhere still makes it false.
     """
-    if settings.transition == "off":
-        return torch.ones(d.shape[1], dtype=torch.bool, device=d.device)
-    sigma = sigma.to(d.device).float()
-    if settings.transition == "static":
-        return past(i, plan.static, sigma, plan.sigma_static)
-    allowed = past(i, plan.earliest, sigma, plan.sigma_earliest)
-    return past(i, plan.latest, sigma, plan.sigma_latest) | (allowed & first_local_minimum(d, i))
+    if i < 2:
+        return torch.zeros_like(d[i], dtype=torch.bool)
+    return d[i - 1] < torch.minimum(d[i - 2], d[i])
+
+
+def due(i: int, step: int, sigma: Optional[float], sigma_at: float) -> bool:
+    """Step i is past a percent planned at ``step``: its index reached it, or, when the host knows the evaluated
+    sigma (off-schedule samplers), that sigma is at or below the percent's. Schedule-following samplers evaluate
+    step i < ``step`` above that sigma, so for them the index alone decides."""
+    return i >= step or (sigma is not None and sigma <= sigma_at)
 
 
 def not_flagged(d0: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -39,3 +34,64 @@ def not_flagged(d0: torch.Tensor, threshold: float) -> torch.Tensor:
     if threshold <= 0:
         return torch.zeros_like(d0, dtype=torch.bool)
     return d0 < threshold
+
+
+class Latch:
+    """Who is on full CFG. ``switched`` [B]: latched on (nothing ever switches a sample back); ``flagged`` [B]:
+    detection judged the sample memorized; ``on[i]`` [B]: who had full CFG in step i (None: no evaluation yet).
+    ``all_on`` (host): every sample is on full CFG from here on, so the caller can skip the per-sample combine."""
+
+    def __init__(self, plan: StepPlan, settings: GuidanceSettings, batch: int, device: torch.device):
+        self.plan, self.settings = plan, settings
+        self.everyone = torch.ones(batch, dtype=torch.bool, device=device)
+        self.switched = self.everyone if settings.off else torch.zeros(batch, dtype=torch.bool, device=device)
+        self.flagged = self.everyone
+        self.on: list[Optional[torch.Tensor]] = [None] * plan.steps
+        self.all_on = settings.off
+
+    def decide(self, tick: Tick, norms: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Latch who switches at this evaluation (``norms``: the recorded [B] row of every step); return who has
+        full CFG for it. Every evaluation of a step uses that step's scale, extras of step j-1 included."""
+        j = tick.step
+        if j >= self.plan.steps:  # an extra evaluation after the last callback
+            return self.switched
+        if self.all_on:
+            self.on[j] = self.everyone
+            return self.everyone
+        before = switched = self.switched
+        for reason in self._reasons(tick, norms):
+            switched = switched | reason
+        if j > 0 and not tick.whole and self.plan.sigma_force > 0:
+            # samples still in step j-1 (an extra evaluation) can only switch through the safety net: their
+            # step-(j-1) row takes it; the others left step j-1 with ``before``
+            last = self.on[j - 1] if self.on[j - 1] is not None else before
+            self.on[j - 1] = torch.where(tick.entered, last, switched)
+        self.on[j] = self.switched = switched
+        return switched
+
+    def _reasons(self, tick: Tick, norms: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """[B] masks of samples that switch now. Index rules switch the samples starting step j; Algorithm 1
+        reads the recorded rows (a sample not yet in step j has a NaN row there, so it never sees a minimum)."""
+        s, p, j = self.settings, self.plan, tick.step
+        reasons = []
+        if s.transition == "static":
+            if due(j, p.static, tick.sigma, p.sigma_static):
+                reasons.append(tick.starts)
+        elif due(j, p.latest, tick.sigma, p.sigma_latest):
+            reasons.append(tick.starts)
+        elif j >= 2 and due(j, p.earliest, tick.sigma, p.sigma_earliest):
+            reasons.append(first_local_minimum(norms, j))
+        if j == 0 and s.detect_threshold > 0:
+            plain = not_flagged(norms[0], s.detect_threshold)  # the first step's row: the same at every evaluation
+            self.flagged = ~plain
+            reasons.append(plain)
+        if p.sigma_force > 0:  # the safety net, see StepPlan.sigma_force
+            reasons.append(tick.below_floor)
+        return reasons
+
+    def step_done(self, i: int) -> None:
+        """Callback i: past the last planned switch every sample is on full CFG (known on the host)."""
+        if not self.all_on and i >= self.plan.all_on:
+            self.all_on = True
+            self.switched = self.everyone
+            self.on[i] = self.everyone

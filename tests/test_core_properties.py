@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memsafe_cfg.guidance import NEVER, TRANSITIONS, GuidanceRun, GuidanceSettings, plan_steps, rewrite_conds
-from test_core_transition import algorithm1, drive, linear_pts
+from runs import algorithm1, drive, linear_pts
 
 torch.set_num_threads(1)
 FAST = settings(max_examples=60, deadline=None, derandomize=True, database=None)

@@ -8,45 +8,9 @@ import pytest
 import torch
 
 from memsafe_cfg.guidance import NEVER, GuidanceRun, GuidanceSettings, NonFiniteGuidance, rewrite_conds
-from test_core_transition import BEFORE, CFG, algorithm1, drive, dynamic, linear_pts
+from runs import BEFORE, CFG, SHAPE, algorithm1, cfg_out, drive, dyadic, dynamic, linear_pts, run_steps, schedule
 
 torch.set_num_threads(1)
-SHAPE = (4, 3, 3)
-
-
-def schedule(n: int) -> list[float]:
-    return [float(n - i) for i in range(n + 1)]
-
-
-def dyadic(gen, *shape):
-    """Random cond on a coarse dyadic grid, so cond + d * sigma - cond == d * sigma exactly (exact ties stay ties)."""
-    return torch.randint(-8, 9, shape, generator=gen).float() / 4
-
-
-def run_steps(curves, settings, cfg=CFG, seed=0, evals=1, measured=True):
-    """Drive a run over ``curves`` ([B][steps]) with random (dyadic) cond; return (trace, [(cond, uncond, cond', uncond')])."""
-    d = torch.tensor(curves, dtype=torch.float32).T
-    n, B = d.shape
-    sig = schedule(n)
-    gen = torch.Generator().manual_seed(seed)
-    run = GuidanceRun(settings, sig, [100.0 * s for s in sig[:-1]], linear_pts(n))
-    calls = []
-    for i in range(n):
-        sigma = torch.full((B,), sig[i])
-        for _ in range(evals):
-            cond = dyadic(gen, B, *SHAPE)
-            uncond = cond + (d[i] * sigma).reshape(B, 1, 1, 1) * torch.ones(B, *SHAPE)
-            c2, u2 = run.combine(cond, uncond, sigma, cfg, measured=measured)
-            calls.append((i, cond, uncond, c2, u2))
-        run.end_step(i)
-    return run.finish(), calls
-
-
-def cfg_out(c, u, cfg):
-    """ComfyUI's cfg_function without patches: uncond_pred + (cond_pred - uncond_pred) * cond_scale."""
-    return u + (c - u) * cfg
-
-
 CURVES = [[5, 4, 3, 4, 5, 6], [1, 2, 3, 2, 1, 2], [4, 3, 3, 2, 4, 6], [6, 5, 4, 3, 2, 1]]
 
 

@@ -10,62 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from memsafe_cfg.guidance import NEVER, GuidanceRun, GuidanceSettings, first_local_minimum, plan_steps, switches_at
+from memsafe_cfg.guidance import NEVER, GuidanceSettings, Latch, Tick, due, first_local_minimum, plan_steps
+from runs import BEFORE, CFG, HUGE, algorithm1, drive, dynamic, linear_pts
 
 torch.set_num_threads(1)
-HUGE = 999999999.9  # ComfyUI's percent_to_sigma(0) on SD-style models
-CFG, BEFORE = 7.5, -2.0
-
-
-def algorithm1(norms, earliest=None, latest=None):
-    """Jain et al., Algorithm 1, transcribed line by line; ``norms`` in sampling order (t = T, T-1, ..., 1).
-
-    Returns the first sampling step (0-based) whose eps-hat uses s = lambda (full CFG), or None.
-    ``earliest`` / ``latest`` are the pack's guards (not in the paper): line 6 is only consulted from step
-    ``earliest`` on, and s = lambda is forced at step ``latest``.
-    """
-    T = len(norms)
-    d = {T + 2: -math.inf, T + 1: -math.inf}  # line 2
-    s = "-lambda*v_OG"  # line 3
-    first = None
-    for step, t in enumerate(range(T, 0, -1)):  # line 4: for t = T to 1
-        d[t] = norms[step]  # line 5
-        allowed = earliest is None or step >= earliest
-        if allowed and d[t + 2] > d[t + 1] and d[t + 1] < d[t]:  # line 6
-            s = "lambda"  # line 7 (latched: nothing ever resets s)
-        if latest is not None and step >= latest:
-            s = "lambda"
-        if s == "lambda" and first is None:  # line 9 uses s at this step
-            first = step
-    return first
-
-
-def linear_pts(n: int):
-    """percent_to_sigma for the schedule sigma_i = n - i (ComfyUI's conventions at 0 and 1)."""
-    return lambda p: HUGE if p <= 0 else 0.0 if p >= 1 else n * (1.0 - p)
-
-
-def drive(curves, settings: GuidanceSettings, sigmas=None, pts=None, cfg: float = CFG, shape=(2, 3)):
-    """Run GuidanceRun over ``curves`` ([B][steps] guidance norms, sampling order); one evaluation per step.
-
-    Each evaluation gets the step's own sigma; cond = 0 and uncond = d * sigma * ones, so the RMS norm is d.
-    """
-    d = torch.tensor(curves, dtype=torch.float32).T  # [steps, B]
-    n, B = d.shape
-    sigmas = [float(n - i) for i in range(n + 1)] if sigmas is None else sigmas
-    run = GuidanceRun(settings, sigmas, [999.0 * s / max(sigmas) for s in sigmas[:-1]], pts or linear_pts(n))
-    for i in range(n):
-        cond = torch.zeros(B, *shape)
-        sigma = torch.full((B,), sigmas[i])
-        uncond = (d[i] * sigma).reshape((B,) + (1,) * len(shape)) * torch.ones(B, *shape)
-        run.combine(cond, uncond, sigma, cfg)
-        run.end_step(i)
-    return run.finish()
-
-
-def dynamic(**kw) -> GuidanceSettings:
-    base = dict(guidance_before=BEFORE, transition="dynamic", earliest_percent=0.0, latest_percent=1.0)
-    return GuidanceSettings(**{**base, **kw})
 
 
 def noisy(seed: int, n: int = 30) -> list[float]:
@@ -168,19 +116,30 @@ def test_first_local_minimum_direct():
     assert first_local_minimum(d, 3).tolist() == [False, False]  # NaN (unmeasured) never makes a minimum
 
 
-def test_switches_at_direct_guards():
+def test_latch_direct_guards():
+    """The latch on its own: Algorithm 1 only inside [earliest, latest), latest switches whoever starts the step,
+    and a switch never comes undone."""
     n = 10
     sigmas = [float(n - i) for i in range(n + 1)]
     s = dynamic(earliest_percent=0.35, latest_percent=0.65)  # earliest 4, latest 7
     plan = plan_steps(sigmas, linear_pts(n), s)
     assert (plan.earliest, plan.latest) == (4, 7)
-    d = torch.tensor([[5.0, 1.0], [1.0, 2.0], [5.0, 3.0]] + [[5.0, 4.0]] * 7)
-    at = lambda i: torch.full((2,), sigmas[i])  # noqa: E731
-    assert switches_at(d, 2, at(2), plan, s).tolist() == [False, False]  # minimum before earliest
-    d[4:7, 0] = torch.tensor([4.0, 3.0, 4.5])
-    assert switches_at(d, 6, at(6), plan, s).tolist() == [True, False]  # minimum at step 5, inside the window
-    assert switches_at(d, 7, at(7), plan, s).tolist() == [True, True]  # latest forces
-    assert switches_at(d, 9, at(9), plan, GuidanceSettings(transition="off")).tolist() == [True, True]
+    latch = Latch(plan, s, 2, torch.device("cpu"))
+    everyone, nobody = torch.ones(2, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
+    rows = [torch.tensor(r) for r in ([5.0, 1.0], [1.0, 2.0], [5.0, 3.0], [5.0, 4.0], [4.0, 4.0], [3.0, 4.0], [4.5, 4.0])]
+    rows += [torch.tensor([5.0, 4.0])] * 3
+    for j in range(n):
+        keep = latch.decide(Tick(j, everyone, everyone, nobody, False, None), rows)
+        want = {2: [False, False], 6: [True, False], 7: [True, True], 9: [True, True]}  # minimum at 1: before earliest
+        if j in want:
+            assert keep.tolist() == want[j], j
+    off = Latch(plan, GuidanceSettings(transition="off"), 2, torch.device("cpu"))
+    assert off.decide(Tick(0, everyone, everyone, nobody, True, None), rows).tolist() == [True, True] and off.all_on
+
+
+def test_due_reads_sigma_only_when_the_host_has_it():
+    assert due(5, 5, None, 3.0) and not due(4, 5, None, 3.0)
+    assert due(4, 5, 2.5, 3.0) and due(4, 5, 3.0, 3.0) and not due(4, 5, 3.5, 3.0)
 
 
 # ---- step plan: static switch and guards compared in sigma ----
