@@ -1,0 +1,205 @@
+"""Issue 13, host tier: MemSafeMemorizationScan on the real ComfyUI stack (in process): the testbed through the stock
+CLIPTextEncode path (the loader's CLIP output), the tiny eps model through the node's evaluation (it has no CLIP)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import host
+
+pytestmark = pytest.mark.host
+MEM = "3 bold\n6 thin\n1 bold"
+CLEAN = "3 thin\n6 bold\n1 thin\n0 thin"
+
+
+@pytest.fixture(scope="module")
+def comfy():
+    host.import_comfy()
+    import comfy.model_management
+    import comfy.sample
+    import comfy.samplers
+
+    return comfy
+
+
+@pytest.fixture(scope="module")
+def testbed(comfy):
+    from memsafe_cfg.nodes.testbed import MemSafeTestbedLoader
+
+    out = MemSafeTestbedLoader.execute()
+    return tuple(out.args if hasattr(out, "args") else out.result)
+
+
+def node():
+    from memsafe_cfg.nodes.scan import MemSafeMemorizationScan
+
+    return MemSafeMemorizationScan
+
+
+def run(model, clip, prompts=MEM, **kw):
+    args = dict(negative="", seeds_per_prompt=3, seed=0, width=128, height=128, scheduler="ddim_uniform", steps=50, score="norm")
+    args.update(kw)
+    out = node().execute(model, clip, prompts, **args)
+    return tuple(out.args if hasattr(out, "args") else out.result)
+
+
+def counting(model):
+    """A clone whose every diffusion-model call is counted (ComfyUI's unet function wrapper)."""
+    calls = {"n": 0, "hook": None}
+    m = model.clone()
+
+    def wrapper(apply_model, args):
+        calls["n"] += 1
+        if calls["hook"]:
+            calls["hook"]()
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    m.set_model_unet_function_wrapper(wrapper)
+    return m, calls
+
+
+def test_clip_output_encodes_like_the_testbed_prompt_node(testbed):
+    import nodes as comfy_nodes
+    from memsafe_cfg.nodes.testbed import MemSafeTestbedPrompt
+
+    _, clip = testbed
+    for text in ("3 bold", "seven thin", "", "bold"):
+        (cond,) = comfy_nodes.CLIPTextEncode().encode(clip, text)
+        ref = MemSafeTestbedPrompt.execute(text)
+        ref = (ref.args if hasattr(ref, "args") else ref.result)[0]
+        assert torch.equal(cond[0][0], ref[0][0]), text
+    with pytest.raises(ValueError, match="not understood"):
+        comfy_nodes.CLIPTextEncode().encode(clip, "a cat")
+
+
+def test_outputs_and_no_threshold_without_clean_list(testbed):
+    model, clip = testbed
+    chart, report, thr = run(model, clip)
+    assert isinstance(chart, torch.Tensor) and chart.dtype == torch.float32 and chart.ndim == 4
+    assert chart.shape[0] == 1 and chart.shape[-1] == 3 and 0.0 <= float(chart.min()) <= float(chart.max()) <= 1.0
+    assert isinstance(report, str) and isinstance(thr, float)
+    assert thr == 0.0
+    assert "threshold: none" in report and "detect_threshold = 0" in report
+    for p in MEM.splitlines():
+        assert p in report
+
+
+def test_threshold_from_clean_list_and_scan_norm_equals_the_samplers_first_step(testbed):
+    from memsafe_cfg.testbed import sampler as tb_sampler
+    from memsafe_cfg.testbed.model import parse_prompt
+
+    model, clip = testbed
+    chart, report, thr = run(model, clip, clean_prompts=CLEAN, false_positive_rate=0.25, seeds_per_prompt=4)
+    assert thr > 0 and "detect_threshold (guidance norm" in report and "clean reference prompts" in report
+    # the per-sample norm of '3 bold' equals the first-step norm the plain-torch sampler (euler + ddim_uniform) measures
+    from memsafe_cfg.nodes.scan import evaluate, probe_sigmas, seed_noise  # noqa: F401
+
+    import nodes as comfy_nodes
+
+    (pos,) = comfy_nodes.CLIPTextEncode().encode(clip, "3 bold")
+    (neg,) = comfy_nodes.CLIPTextEncode().encode(clip, "")
+    first, low, sched = probe_sigmas(model.get_model_object("model_sampling"), "ddim_uniform", 50, True)
+    zero = torch.zeros(1, 1, 16, 16)
+    out, calls = evaluate(model, pos, neg, zero, [0, 1, 2, 3], first, low, sched)
+    G = tb_sampler.guidance.GuidanceSettings
+    _, trace = tb_sampler.sample(tb_sampler.load_unet(), parse_prompt("3 bold").expand(4, -1), tb_sampler.noise_for([0, 1, 2, 3]),
+                                 G(transition="off"), 5.0, 50, first_step_only=True)
+    assert torch.allclose(out["norm"], trace.norms[0], rtol=1e-4, atol=0)
+    assert out["alignment"].shape == (4,) and float(out["alignment"].abs().max()) <= 1.0
+    assert calls == 2  # both probes, all four seeds in one batch each
+
+
+def test_norm_plus_alignment_with_memorized_list_fits_the_weight(testbed):
+    model, clip = testbed
+    _, report, thr = run(model, clip, prompts="2 bold\n2 thin", clean_prompts=CLEAN, false_positive_rate=0.2,
+                         memorized_prompts=MEM, score="norm + alignment", seeds_per_prompt=2)
+    assert "fitted on 3 known-memorized vs 4 clean prompts" in report and "alignment" in report and thr > 0
+
+
+BAD = [
+    (dict(prompts=""), "prompts"),
+    (dict(prompts=" \n\n  "), "prompts"),
+    (dict(prompts="\n".join(["3 bold"] * 1001)), "prompts"),
+    (dict(seeds_per_prompt=0), "seeds_per_prompt"),
+    (dict(seeds_per_prompt=-2), "seeds_per_prompt"),
+    (dict(clean_prompts=CLEAN, false_positive_rate=0.0), "false_positive_rate"),
+    (dict(clean_prompts=CLEAN, false_positive_rate=1.5), "false_positive_rate"),
+    (dict(clean_prompts=CLEAN, false_positive_rate=None), "false_positive_rate"),
+    (dict(memorized_prompts=MEM), "memorized_prompts"),
+    (dict(score="alignment"), "score"),
+]
+
+
+@pytest.mark.parametrize("over,name", BAD)
+def test_bad_input_is_rejected_before_any_model_call(testbed, over, name):
+    model, clip = testbed
+    m, calls = counting(model)
+    kw = dict(over)
+    prompts = kw.pop("prompts", MEM)
+    with pytest.raises(ValueError, match=name):
+        run(m, clip, prompts, **kw)
+    assert calls["n"] == 0
+    # and at queue time, through validate_inputs
+    v = dict(prompts=prompts, seeds_per_prompt=kw.get("seeds_per_prompt", 3), score=kw.get("score", "norm"),
+             clean_prompts=kw.get("clean_prompts", ""), false_positive_rate=kw.get("false_positive_rate", 0.05),
+             memorized_prompts=kw.get("memorized_prompts", ""))
+    msg = node().validate_inputs(**v)
+    assert isinstance(msg, str) and name in msg
+
+
+def test_unknown_prompt_word_fails_before_the_model_runs(testbed):
+    model, clip = testbed
+    m, calls = counting(model)
+    with pytest.raises(ValueError, match="not understood"):
+        run(m, clip, "3 bold\na cat")
+    assert calls["n"] == 0
+
+
+def test_counted_calls_and_cancellation_between_prompts(testbed, comfy):
+    import comfy.model_management as mm
+
+    model, clip = testbed
+    m, calls = counting(model)
+    run(m, clip, MEM, seeds_per_prompt=2)
+    assert calls["n"] == 3  # one batched cond + uncond forward per prompt (norm only), the seeds batched
+    calls["n"] = 0
+    calls["hook"] = lambda: mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run(m, clip, MEM, seeds_per_prompt=2)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert calls["n"] == 1  # stopped before the second prompt
+
+
+def test_tiny_eps_model_scan_norm_equals_stock_ksampler_first_step(comfy):
+    """No CLIP for the tiny model: the node's evaluation is driven with conditionings directly, and its norm must equal
+    guidance_norm of the raw predictions the stock sampler produces at its first step (same seed, normal scheduler)."""
+    from memsafe_cfg.guidance import guidance_norm
+    from memsafe_cfg.nodes.scan import empty_latent, evaluate, probe_sigmas
+
+    model = host.tiny_eps_model()
+    pos, neg = host.eps_conditioning(seed=1), host.eps_conditioning(seed=2)
+    first, low, sched = probe_sigmas(model.get_model_object("model_sampling"), "normal", 6, True)
+    zero = empty_latent(model, 64, 64)
+    seeds = [5, 6, 7]
+    out, _ = evaluate(model, pos, neg, zero, seeds, first, low, sched)
+    single, _ = evaluate(model, pos, neg, zero, [6], first, low, sched)
+    assert torch.allclose(single["norm"], out["norm"][1:2], rtol=1e-5)  # batching the seeds changes nothing
+    assert float(out["alignment"].abs().max()) <= 1.0 and torch.isfinite(out["alignment"]).all()
+
+    for k, seed in enumerate(seeds):
+        seen = []
+        m = model.clone()
+
+        def hook(args):
+            if not seen:
+                c, u = args["conds_out"][:2]
+                seen.append(float(guidance_norm(c, u, args["sigma"].reshape(-1))[0]))
+            return args["conds_out"]
+
+        m.set_model_sampler_pre_cfg_function(hook)
+        latent = zero.clone()
+        noise = comfy.sample.prepare_noise(latent, seed)
+        comfy.sample.sample(m, noise, 6, 7.5, "euler", "normal", pos, neg, latent, seed=seed, disable_pbar=True)
+        assert seen[0] == pytest.approx(float(out["norm"][k]), rel=1e-5)
