@@ -79,7 +79,7 @@ def threshold_at_fpr(clean_scores, fpr: float) -> tuple[float, float]:
     """
     if not 0.0 < fpr < 1.0:
         raise ValueError(f"false_positive_rate: {fpr} is outside (0, 1); use e.g. 0.05 for 5 %.")
-    c = np.sort(np.asarray(torch.as_tensor(clean_scores, dtype=torch.float32).reshape(-1)))[::-1]
+    c = np.sort(torch.as_tensor(clean_scores, dtype=torch.float32).detach().reshape(-1).cpu().numpy())[::-1]
     if c.size == 0:
         raise ValueError("clean_prompts: no clean scores to calibrate on; give at least one clean prompt.")
     k = int(math.floor(fpr * c.size + 1e-9))  # this many clean samples may be flagged

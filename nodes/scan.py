@@ -78,10 +78,11 @@ class _Probe(comfy.samplers.Sampler):
 
     def evaluate(self, model_wrap, x, sigma, extra_args):
         conds = model_wrap.conds
-        cond_den, uncond_den = comfy.samplers.calc_cond_batch(
-            model_wrap.inner_model, [conds.get("positive"), conds.get("negative")], x, sigma, extra_args["model_options"])
+        with torch.no_grad():
+            cond_den, uncond_den = comfy.samplers.calc_cond_batch(
+                model_wrap.inner_model, [conds.get("positive"), conds.get("negative")], x, sigma, extra_args["model_options"])
         self.calls += 1
-        return cond_den.float().cpu(), uncond_den.float().cpu()
+        return cond_den.detach().float().cpu(), uncond_den.detach().float().cpu()
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None, disable_pbar=False):
         ms = model_wrap.inner_model.model_sampling
