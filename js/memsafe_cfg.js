@@ -12,7 +12,14 @@ const CHART_H = 120, CHART_MIN = 44, LINE_H = 14, PAD = 10;
 const COLORS = ["#4ea3e0", "#e85c5c", "#5cc45c", "#b08ad8", "#ffa040", "#3fd0e0", "#f08cd0", "#b0b0b0"];
 
 const widget = (node, name) => node.widgets?.find((w) => w.name === name);
-const linked = (node, name) => node.inputs?.some((i) => i.widget?.name === name && i.link != null);
+// isInputConnected: front end 1.58 deprecates reading input.link (a warning on every read)
+const linked = (node, name) => node.inputs?.some((i, k) => i.widget?.name === name && node.isInputConnected(k));
+/** Repaint the live panel: the canvas for classic nodes, the widget's own canvas for Vue nodes ("Nodes 2.0"),
+ * whose legacy-widget wrapper repaints only when asked (widget.triggerDraw), not on setDirtyCanvas. */
+function repaint(node, live, resize) {
+  node.setDirtyCanvas(true, resize);
+  live?.triggerDraw?.();
+}
 
 /** Show only the widgets the current transition uses; hidden widgets keep their values and positions. */
 function applyMode(node, resize) {
@@ -32,7 +39,7 @@ function applyMode(node, resize) {
   const after = node.computeSize()[1];
   const height = resize ? node.size[1] + after - before : Math.max(node.size[1], after);
   node.setSize([node.size[0], height]);
-  node.setDirtyCanvas(true, true);
+  repaint(node, live, true);
 }
 
 /** What the current settings do, in one or two lines (the threshold explains itself). */
@@ -58,10 +65,18 @@ function textLines(node, live) {
 const lineCount = (node, live) => Math.max(2, textLines(node, live).length);
 const height = (node, live, chart) => chart + LINE_H * lineCount(node, live) + 6;
 
-function drawLive(ctx, node, width, y) {
+/** The panel's height: Vue nodes pass the height their wrapper sized the widget's canvas to; classic nodes pass
+ * LiteGraph's row height, and the node layout's computedHeight is the panel's. */
+function panelHeight(node, live, H) {
+  if (H && H !== (globalThis.LiteGraph?.NODE_WIDGET_HEIGHT ?? 20)) return H;
+  return live.computedHeight ?? height(node, live, CHART_H);
+}
+
+function drawLive(ctx, node, width, y, H) {
   if (this.mode !== widget(node, "transition")?.value) applyMode(node, false); // pasted or set without a callback
   const lines = lineCount(node, this);
-  const chartH = Math.max(CHART_MIN, (this.computedHeight ?? height(node, this, CHART_H)) - LINE_H * lines - 6);
+  const total = panelHeight(node, this, H);
+  const chartH = Math.max(CHART_MIN, total - LINE_H * lines - 6);
   const st = this.state, x0 = PAD, w = width - 2 * PAD, h = chartH - 8;
   ctx.save();
   ctx.fillStyle = "#151515";
@@ -133,10 +148,14 @@ function drawLive(ctx, node, width, y) {
   st.drawn = drawn;
   ctx.textAlign = "left";
   ctx.font = "11px sans-serif";
-  textLines(node, this).forEach((line, k) => {
+  ctx.textBaseline = "middle";
+  const text = textLines(node, this);
+  text.forEach((line, k) => {
     ctx.fillStyle = st.summary && st.batch > 1 ? COLORS[k % COLORS.length] : "#ccc";
     ctx.fillText(line, x0 + 4, y + chartH + LINE_H * (k + 0.5), w - 8);
   });
+  // where the last text line ends, against the height the panel was given (tests check it fits)
+  st.layout = { height: total, chart: h, textBottom: chartH + LINE_H * text.length, lines: text.length };
   ctx.restore();
 }
 
@@ -183,7 +202,7 @@ function liveFor(detail) {
 function grow(node) {
   const need = node.computeSize()[1];
   if (node.size[1] < need) node.setSize([node.size[0], need]);
-  node.setDirtyCanvas(true, true);
+  repaint(node, widget(node, LIVE), true);
 }
 
 function onStep({ detail }) {
@@ -193,7 +212,7 @@ function onStep({ detail }) {
   st.norms[detail.step] = detail.norms;
   for (const b of detail.switched) st.switchStep[b] = detail.step;
   st.received.push(detail.step);
-  node.setDirtyCanvas(true, false);
+  repaint(node, live, false);
 }
 
 function onDone({ detail }) {
