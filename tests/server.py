@@ -15,7 +15,10 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACK_DIR_NAME = "memsafe_cfg"
+# Installed as a git clone would be (README): a folder name that is neither the project name
+# (memorization-safe-cfg) nor a Python identifier, so a web folder registered twice or a relative import that
+# depends on the folder name shows up here.
+PACK_DIR_NAME = "ComfyUI-MemSafe-CFG"
 FLOW_MODEL = "tiny_sd3.safetensors"
 
 
@@ -28,8 +31,11 @@ def _free_port() -> int:
 class ComfyServer:
     """Start ``main.py`` from COMFYUI_PATH on 127.0.0.1 with this pack and a tiny SD3-shaped model."""
 
-    def __init__(self, comfyui_path: str, startup_timeout: float = 120.0):
+    def __init__(self, comfyui_path: str, startup_timeout: float = 120.0, front_end_root: str | None = None):
+        """``front_end_root``: serve that front end (an unpacked comfyui-frontend-package's ``static`` folder)
+        instead of the one pinned in the host's requirements."""
         self.comfyui = Path(comfyui_path)
+        self.front_end_root = front_end_root
         self.tmp = Path(tempfile.mkdtemp(prefix="memsafe-comfy-"))
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -56,6 +62,8 @@ class ComfyServer:
                "--extra-model-paths-config", str(cfg), "--database-url", "sqlite:///:memory:",
                "--output-directory", str(self.tmp / "output"), "--temp-directory", str(self.tmp),
                "--user-directory", str(self.tmp / "user")]
+        if self.front_end_root:
+            cmd += ["--front-end-root", str(self.front_end_root)]
         self.log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=self.comfyui, stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + self.startup_timeout

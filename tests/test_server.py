@@ -45,13 +45,17 @@ def test_workflow_templates_list_and_serve_the_examples(comfy_server):
         assert served == json.loads(p.read_text())
 
 
-def test_js_is_served(comfy_server):
+def test_js_is_served_once(comfy_server):
+    """Installed under a folder name that is not the project name, the js is still listed exactly once (issue 9:
+    WEB_DIRECTORY and pyproject's [tool.comfy] web used to register it twice, under both names)."""
+    assert PACK_DIR_NAME != "memorization-safe-cfg"
     files = sorted(p.name for p in (REPO / "js").glob("*.js"))
     assert files, "js/ has no extension file"
     extensions = comfy_server.get("/extensions")
     for name in files:
         url = f"/extensions/{PACK_DIR_NAME}/{name}"
-        assert url in extensions
+        assert extensions.count(url) == 1, url
+        assert [e for e in extensions if e.endswith(f"/{name}")] == [url], "the same file is served under another name"
         assert comfy_server.get(url, raw=True) == (REPO / "js" / name).read_bytes()
 
 
