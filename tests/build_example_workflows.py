@@ -1,19 +1,37 @@
-"""Rebuild the SD1.5 example workflows from a live server's /object_info:
-``python tests/build_example_workflows.py OBJECT_INFO.json`` (dump it with ``curl http://127.0.0.1:8188/object_info``)."""
+"""Rebuild the example workflows and their template-browser thumbnails.
+
+    python tests/build_example_workflows.py OBJECT_INFO.json   # the workflow JSONs, from a live server's /object_info
+    python tests/build_example_workflows.py --thumbnails       # the .jpg beside each, from a real testbed run (torch)
+
+Dump /object_info with ``curl http://127.0.0.1:8188/object_info`` from a ComfyUI that has this pack installed.
+
+The template browser (front end 1.49-1.58) lists a custom node's templates by file name: the file name IS the
+title, so the names below are written for people; a ``<name>.jpg`` beside ``<name>.json`` is the thumbnail
+(served at /api/workflow_templates/<install folder>/<name>.jpg). The category is the install folder's name unless
+locales/*/main.json names it (tests/build_locales.py).
+"""
 from __future__ import annotations
 
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 from workflows import build
 
 OUT = Path(__file__).resolve().parents[1] / "example_workflows"
+HELP_IMAGES = OUT.parent / "js" / "docs"
 CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
+# The download the front end offers when the checkpoint is missing, in the format of ComfyUI's own templates
+# (properties.models on the loader: name, url, directory); the same file ComfyUI's default graph names.
+CKPT_MODELS = [{"name": CKPT, "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/" + CKPT,
+                "directory": "checkpoints"}]
 PROMPT = "the great wave off kanagawa by hokusai"  # a famous, much-duplicated image: a good prompt to watch the curve on
 NEGATIVE = ""
 GUIDANCE = {"guidance_before": -2.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
             "latest_percent": 0.5, "detect_threshold": 0.0}
+# The testbed workflow: '3 bold' (a memorized prompt), seed 4, batch 4, 50 steps of euler + ddim_uniform, cfg 5.
+TESTBED = {"prompt": "3 bold", "seed": 4, "batch": 4, "steps": 50, "cfg": 5.0}
 
 
 def common(x=0):
@@ -71,13 +89,142 @@ def patch_workflow():
     ] + decode_save((6, 0), 1220)
 
 
+def testbed_workflow():
+    t = TESTBED
+    sampler = {"seed": t["seed"], "steps": t["steps"], "cfg": t["cfg"], "sampler_name": "euler", "scheduler": "ddim_uniform",
+               "denoise": 1.0}
+    wired = {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}
+    return [
+        {"id": 1, "type": "MemSafeTestbedLoader", "pos": [0, 0], "size": [300, 60]},
+        {"id": 2, "type": "MemSafeTestbedPrompt", "pos": [0, 120], "size": [300, 80], "widgets": {"text": t["prompt"]},
+         "title": "Prompt (memorized: exemplar duplicated 80x)"},
+        {"id": 3, "type": "MemSafeTestbedPrompt", "pos": [0, 250], "size": [300, 80], "widgets": {"text": ""},
+         "title": "Negative (empty = unconditional)"},
+        {"id": 4, "type": "EmptyLatentImage", "pos": [0, 380], "size": [300, 110],
+         "widgets": {"width": 128, "height": 128, "batch_size": t["batch"]}, "title": "Empty Latent (128x128 = the 16x16 testbed latent)"},
+        {"id": 5, "type": "KSampler", "pos": [360, 0], "size": [320, 270], "widgets": sampler, "inputs": wired,
+         "title": "KSampler (stock CFG)"},
+        {"id": 6, "type": "MemSafeKSampler", "pos": [360, 330], "size": [320, 470],
+         "widgets": {**sampler, "guidance_before": 0.0, "transition": "dynamic", "switch_percent": 0.5,
+                     "earliest_percent": 0.0, "latest_percent": 0.5, "detect_threshold": 0.0, "curve_layout": "panels"},
+         "inputs": wired, "title": "Memorization-Safe KSampler"},
+        {"id": 7, "type": "MemSafeTestbedDecode", "pos": [740, 0], "size": [260, 80], "widgets": {"scale": 8},
+         "inputs": {"samples": (5, 0)}, "title": "Decode (stock)"},
+        {"id": 8, "type": "MemSafeTestbedDecode", "pos": [740, 330], "size": [260, 80], "widgets": {"scale": 8},
+         "inputs": {"samples": (6, 0)}, "title": "Decode (Memorization-Safe)"},
+        {"id": 9, "type": "PreviewImage", "pos": [1040, 0], "size": [420, 280], "inputs": {"images": (7, 0)},
+         "title": "Stock KSampler samples"},
+        {"id": 10, "type": "PreviewImage", "pos": [1040, 330], "size": [420, 280], "inputs": {"images": (8, 0)},
+         "title": "Memorization-Safe samples"},
+        {"id": 11, "type": "MemSafeTestbedNearest", "pos": [740, 660], "size": [300, 120],
+         "widgets": {"threshold": 0.95, "scale": 4}, "inputs": {"samples": (5, 0)}, "title": "Nearest training image (stock)"},
+        {"id": 12, "type": "MemSafeTestbedNearest", "pos": [740, 830], "size": [300, 120],
+         "widgets": {"threshold": 0.95, "scale": 4}, "inputs": {"samples": (6, 0)},
+         "title": "Nearest training image (Memorization-Safe)"},
+        {"id": 15, "type": "PreviewImage", "pos": [360, 860], "size": [640, 400], "inputs": {"images": (6, 1)},
+         "title": "Guidance norm curve (one panel per sample)"},
+    ]
+
+
+# file stem (= the title the template browser shows) -> (graph, what its thumbnail says)
 WORKFLOWS = {
-    "memsafe_guider_sampler_custom_advanced": guider_workflow,
-    "memsafe_ksampler_all_in_one": ksampler_workflow,
-    "memsafe_patch_stock_ksampler": patch_workflow,
+    "Memorization-Safe KSampler (SD1.5)": (ksampler_workflow, "one node: sampler + guidance-norm curve"),
+    "Memorization-Safe Guider with SamplerCustomAdvanced (SD1.5)": (guider_workflow, "GUIDER for SamplerCustomAdvanced + curve node"),
+    "Memorization-Safe CFG patch with the stock KSampler (SD1.5)": (patch_workflow, "MODEL patch for any sampler + curve node"),
+    "Testbed - stock CFG copies, Memorization-Safe does not (CPU)": (testbed_workflow, None),
 }
+TESTBED_STEM = "Testbed - stock CFG copies, Memorization-Safe does not (CPU)"
+
+
+def write_workflows(object_info: dict) -> None:
+    for name, (make, _) in WORKFLOWS.items():
+        workflow = build(make(), object_info)
+        for node in workflow["nodes"]:
+            if node["type"] == "CheckpointLoaderSimple":
+                node["properties"]["models"] = CKPT_MODELS
+        (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+
+
+def testbed_run():
+    """The testbed workflow's two branches in plain torch (euler + ddim_uniform = testbed.sampler's DDIM path, the
+    noise drawn as ComfyUI's prepare_noise draws a batch): (stock x0, MemSafe x0, MemSafe trace, copy flags)."""
+    import torch
+
+    from testbed import guidance, measure
+    from testbed.data import load
+    from testbed.model import parse_prompt
+    from testbed.sampler import load_unet, sample
+
+    t = TESTBED
+    unet, tb = load_unet(), load()
+    noise = torch.randn((t["batch"], 1, 16, 16), generator=torch.manual_seed(t["seed"]))
+    prompts = parse_prompt(t["prompt"]).expand(t["batch"], -1)
+    stock, _ = sample(unet, prompts, noise, guidance.GuidanceSettings(transition="off"), t["cfg"], t["steps"])
+    safe, trace = sample(unet, prompts, noise, guidance.GuidanceSettings(guidance_before=0.0, transition="dynamic"),
+                         t["cfg"], t["steps"])
+    copies = [measure.nearest(tb, x)[0] > measure.COPY_THRESHOLD for x in (stock, safe)]
+    return stock, safe, trace, copies
+
+
+def write_thumbnails(size: int = 512) -> None:
+    """One 512 x 512 jpg per workflow, from a real testbed run: the testbed's shows both branches' samples and a
+    MemSafe curve; the SD1.5 ones show the title over a real testbed curve (no SD1.5 checkpoint here) and say so."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from testbed import guidance
+
+    stock, safe, trace, (stock_copy, safe_copy) = testbed_run()
+    curve = Image.fromarray((guidance.render_curves(trace, "panels")[0].numpy() * 255).astype("uint8"))
+    curve.save(HELP_IMAGES / "testbed-curve.png", optimize=True)  # the help pages' picture (js/docs/ is served)
+
+    def font(px):
+        try:
+            return ImageFont.truetype("DejaVuSans.ttf", px)
+        except OSError:
+            return ImageFont.load_default(size=px)
+
+    def digits(x, flags, cell):
+        row = Image.new("RGB", (cell * len(x) + 6 * (len(x) - 1), cell), (255, 255, 255))
+        for i, (img, copy) in enumerate(zip(x, flags)):
+            a = ((1 - (img[0].clamp(-1, 1) + 1) / 2) * 255).byte().numpy()
+            tile = Image.fromarray(a, "L").resize((cell, cell), Image.NEAREST).convert("RGB")
+            ImageDraw.Draw(tile).rectangle([0, 0, cell - 1, cell - 1], outline=(214, 39, 40) if copy else (44, 160, 44), width=4)
+            row.paste(tile, (i * (cell + 6), 0))
+        return row
+
+    for name, (_, what) in WORKFLOWS.items():
+        img = Image.new("RGB", (size, size), (250, 250, 252))
+        d = ImageDraw.Draw(img)
+        if what is None:  # the testbed: the real samples of both branches, then the curve
+            d.text((16, 10), f"'{TESTBED['prompt']}', seed {TESTBED['seed']}: stock CFG", font=font(20), fill=(30, 30, 30))
+            d.text((16, 34), f"{int(stock_copy.sum())}/{len(stock_copy)} copy a training image (red)", font=font(17),
+                   fill=(214, 39, 40))
+            img.paste(digits(stock, stock_copy.tolist(), 84), (16, 58))
+            d.text((16, 150), "Memorization-Safe KSampler", font=font(20), fill=(30, 30, 30))
+            d.text((16, 174), f"{int(safe_copy.sum())}/{len(safe_copy)} copies", font=font(17), fill=(44, 130, 44))
+            img.paste(digits(safe, safe_copy.tolist(), 84), (16, 198))
+            h = size - 292
+            c = curve.resize((int(h * curve.width / curve.height), h), Image.LANCZOS)
+            img.paste(c, ((size - c.width) // 2, 288))
+        else:
+            y = 18
+            for line in textwrap.wrap(name, 28):
+                d.text((20, y), line, font=font(30), fill=(30, 30, 30))
+                y += 38
+            d.text((20, y + 4), what, font=font(18), fill=(90, 90, 90))
+            c = curve.resize((size - 24, int((size - 24) * curve.height / curve.width)), Image.LANCZOS)
+            img.paste(c, (12, size - c.height - 40))
+            d.text((20, size - 32), "curve: a real testbed run ('3 bold', seed 4); SD1.5 curves look alike",
+                    font=font(13), fill=(110, 110, 110))
+        img.save(OUT / f"{name}.jpg", quality=88, optimize=True)
+        if what is None:
+            img.crop((0, 0, size, 288)).save(HELP_IMAGES / "testbed-samples.png", optimize=True)
+        print(f"wrote example_workflows/{name}.jpg")
+
 
 if __name__ == "__main__":
-    object_info = json.loads(Path(sys.argv[1]).read_text())
-    for name, make in WORKFLOWS.items():
-        (OUT / f"{name}.json").write_text(json.dumps(build(make(), object_info), indent=1) + "\n")
+    if sys.argv[1:] == ["--thumbnails"]:
+        sys.path.insert(0, str(OUT.parent))  # plain torch, no ComfyUI: the repo's testbed/ and guidance/ by name
+        write_thumbnails()
+    else:
+        write_workflows(json.loads(Path(sys.argv[1]).read_text()))
