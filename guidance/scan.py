@@ -292,8 +292,6 @@ def render_scan(res: ScanResult, max_rows: int = MAX_ROWS) -> torch.Tensor:
     vals = [float(v) for it in shown + [it for _, g in blocks for it in g] for v in res.scores(it)]
     marks = vals + ([res.threshold] if res.threshold > 0 else [])
     lo, hi = (min(marks), max(marks)) if marks else (0.0, 1.0)
-    if res.score == "norm":
-        lo = min(lo, 0.0)
     ticks = nice_ticks(lo, hi + (hi - lo) * 0.02)
     ticks = [t for t in ticks if t >= lo - (ticks[1] - ticks[0])] if len(ticks) > 1 else ticks
     lo, hi = ticks[0], ticks[-1]
@@ -336,7 +334,7 @@ def render_scan(res: ScanResult, max_rows: int = MAX_ROWS) -> torch.Tensor:
                "known-memorized references (fit the weight)", fill=color, font=small)
         y += ROW
         for it in group:
-            draw_row(y, it, color, _short(f"{kind[:3]}: {it.prompt}"))
+            draw_row(y, it, color, _short(f"{'ref' if kind == 'clean' else 'mem'}: {it.prompt}"))
             y += ROW
     if res.threshold > 0:
         xt = X(res.threshold)

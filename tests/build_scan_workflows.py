@@ -1,0 +1,154 @@
+"""Build the Memorization Scan example workflows (issue 13), the same way tests/build_example_workflows.py builds the
+others (tests/workflows.build over /object_info); to be merged into that generator.
+
+    python tests/build_scan_workflows.py OBJECT_INFO.json         # the two workflow JSONs
+    python tests/build_scan_workflows.py --serve                  # same, /object_info from a server started at COMFYUI_PATH
+    COMFYUI_PATH=... python tests/build_scan_workflows.py --thumbnails   # run the testbed scan in process (real node,
+                                                                  # real ComfyUI stack) for the .jpg thumbnails and the help picture
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from workflows import build
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "example_workflows"
+HELP_IMAGES = REPO / "js" / "docs"
+CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
+CKPT_MODELS = [{"name": CKPT, "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/" + CKPT,
+                "directory": "checkpoints"}]
+
+# The testbed: scan the 10 memorized prompts and the clean prompts of digits 5-9; the clean prompts of digits 0-4 are
+# the clean reference list (prompt-disjoint from the scanned ones).
+TB_MEMORIZED = [f"{d} {'bold' if d < 5 else 'thin'}" for d in range(10)]
+TB_CLEAN_SCANNED = [f"{d} bold" for d in range(5, 10)]
+TB_CLEAN_REFERENCE = [f"{d} thin" for d in range(5)]
+TESTBED_SCAN = {"prompts": "\n".join(TB_MEMORIZED + TB_CLEAN_SCANNED), "negative": "", "seeds_per_prompt": 8, "seed": 0,
+                "width": 128, "height": 128, "scheduler": "ddim_uniform", "steps": 50, "score": "norm",
+                "clean_prompts": "\n".join(TB_CLEAN_REFERENCE), "false_positive_rate": 0.05, "memorized_prompts": ""}
+# SD1.5: a user's list, to be replaced with your own (a fine-tune's training captions; or the memorized / clean SD
+# prompt lists that ship with detection papers' code, e.g. sd1_mem.txt / sd1_nmem.txt). The first is a famous,
+# much-duplicated artwork; nothing here is claimed to be memorized.
+SD_PROMPTS = ["the great wave off kanagawa by hokusai", "mona lisa by leonardo da vinci", "the starry night by van gogh",
+              "a watercolor painting of a red fox in the snow", "a photo of a cup of coffee on a wooden table",
+              "an astronaut riding a horse on the moon, digital art"]
+SD_CLEAN = ["a photo of a dog playing in a park", "a bowl of fruit on a kitchen counter, soft light",
+            "a city street at night in the rain", "a portrait of an old man with a beard, oil painting",
+            "a mountain lake at sunrise", "a small wooden boat on a calm sea", "a cat sleeping on a sofa",
+            "a plate of pasta with tomato sauce"]
+SD_SCAN = {"prompts": "\n".join(SD_PROMPTS), "negative": "", "seeds_per_prompt": 4, "seed": 0, "width": 512, "height": 512,
+           "scheduler": "karras", "steps": 30, "score": "norm", "clean_prompts": "\n".join(SD_CLEAN),
+           "false_positive_rate": 0.05, "memorized_prompts": ""}
+
+
+def testbed_scan_workflow():
+    return [
+        {"id": 1, "type": "MemSafeTestbedLoader", "pos": [0, 0], "size": [320, 80], "title": "Testbed model + text encoder"},
+        {"id": 2, "type": "MemSafeMemorizationScan", "pos": [380, 0], "size": [420, 760], "widgets": TESTBED_SCAN,
+         "inputs": {"model": (1, 0), "clip": (1, 1)}, "title": "Memorization Scan (testbed prompts)"},
+        {"id": 3, "type": "PreviewImage", "pos": [840, 0], "size": [820, 520], "inputs": {"images": (2, 0)},
+         "title": "Ranked chart"},
+        {"id": 4, "type": "PreviewAny", "pos": [840, 560], "size": [820, 420], "inputs": {"source": (2, 1)}, "title": "Report"},
+        {"id": 5, "type": "PreviewAny", "pos": [380, 800], "size": [420, 120], "inputs": {"source": (2, 2)},
+         "title": "detect_threshold (type it into a Memorization-Safe node, same scheduler and steps)"},
+    ]
+
+
+def sd15_scan_workflow():
+    return [
+        {"id": 1, "type": "CheckpointLoaderSimple", "pos": [0, 0], "widgets": {"ckpt_name": CKPT}, "size": [340, 100]},
+        {"id": 2, "type": "MemSafeMemorizationScan", "pos": [380, 0], "size": [460, 820], "widgets": SD_SCAN,
+         "inputs": {"model": (1, 0), "clip": (1, 1)}, "title": "Memorization Scan (your prompt list)"},
+        {"id": 3, "type": "PreviewImage", "pos": [880, 0], "size": [820, 520], "inputs": {"images": (2, 0)},
+         "title": "Ranked chart"},
+        {"id": 4, "type": "PreviewAny", "pos": [880, 560], "size": [820, 420], "inputs": {"source": (2, 1)}, "title": "Report"},
+        {"id": 5, "type": "PreviewAny", "pos": [380, 860], "size": [460, 120], "inputs": {"source": (2, 2)},
+         "title": "detect_threshold (for the Memorization-Safe KSampler with karras, 30 steps)"},
+    ]
+
+
+WORKFLOWS = {
+    "memsafe_scan_testbed": (testbed_scan_workflow, None),
+    "memsafe_scan_sd15": (sd15_scan_workflow, "rank your prompts, calibrate detect_threshold"),
+}
+
+
+def write_workflows(object_info: dict) -> None:
+    for name, (make, _) in WORKFLOWS.items():
+        workflow = build(make(), object_info)
+        for node in workflow["nodes"]:
+            if node["type"] == "CheckpointLoaderSimple":
+                node["properties"]["models"] = CKPT_MODELS
+        (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+        print(f"wrote example_workflows/{name}.json")
+
+
+def run_testbed_scan():
+    """The testbed workflow's scan node, executed in process on the real ComfyUI stack: (chart, report, threshold)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import host
+
+    host.import_comfy()
+    host.load_pack()
+    from memsafe_cfg.nodes.scan import MemSafeMemorizationScan
+    from memsafe_cfg.nodes.testbed import MemSafeTestbedLoader
+
+    out = MemSafeTestbedLoader.execute()
+    model, clip = out.args if hasattr(out, "args") else out.result
+    w = dict(TESTBED_SCAN)
+    res = MemSafeMemorizationScan.execute(model, clip, w.pop("prompts"), **w)
+    return tuple(res.args if hasattr(res, "args") else res.result)
+
+
+def write_thumbnails(size: int = 512) -> None:
+    from PIL import Image, ImageDraw, ImageFont
+
+    chart, report, thr = run_testbed_scan()
+    img = Image.fromarray((chart[0].numpy() * 255).round().astype("uint8"))
+    HELP_IMAGES.mkdir(parents=True, exist_ok=True)
+    img.save(HELP_IMAGES / "scan-chart.png", optimize=True)
+    (REPO / "artifacts").mkdir(exist_ok=True)
+    (REPO / "artifacts" / "scan_testbed_report.txt").write_text(report + "\n")
+    print(report)
+
+    def font(px):
+        try:
+            return ImageFont.truetype("DejaVuSans.ttf", px)
+        except OSError:
+            try:
+                return ImageFont.load_default(size=px)
+            except TypeError:
+                return ImageFont.load_default()
+
+    for name, (_, what) in WORKFLOWS.items():
+        thumb = Image.new("RGB", (size, size), (250, 250, 252))
+        d = ImageDraw.Draw(thumb)
+        title = "Memorization Scan: testbed (CPU)" if what is None else "Memorization Scan (SD1.5)"
+        d.text((16, 12), title, font=font(26), fill=(30, 30, 30))
+        sub = f"real run: 15 prompts x 8 seeds, detect_threshold {thr:.4g}" if what is None else what
+        d.text((16, 46), sub, font=font(15), fill=(90, 90, 90))
+        c = img.resize((size - 16, int((size - 16) * img.height / img.width)), Image.LANCZOS)
+        if c.height > size - 100:
+            c = c.crop((0, 0, c.width, size - 100))
+        thumb.paste(c, (8, 76))
+        if what is not None:
+            d.text((16, size - 22), "chart: a real testbed run; an SD1.5 chart has the same layout", font=font(13),
+                   fill=(110, 110, 110))
+        thumb.save(OUT / f"{name}.jpg", quality=88, optimize=True)
+        print(f"wrote example_workflows/{name}.jpg")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--thumbnails"]:
+        write_thumbnails()
+    elif sys.argv[1:] == ["--serve"]:
+        from server import ComfyServer
+
+        with ComfyServer(os.environ["COMFYUI_PATH"]) as srv:
+            write_workflows(srv.get("/object_info"))
+    else:
+        write_workflows(json.loads(Path(sys.argv[1]).read_text()))
