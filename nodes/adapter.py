@@ -3,41 +3,110 @@
 The hook goes through ComfyUI's own ``sampling_function``, so every other pack's pre/post-CFG hooks and
 ``sampler_cfg_function`` keep working. It is *prepended* to the pre-CFG list: the norm is always measured on
 the model's raw predictions, whatever other patches do afterwards. The wrapper opens a fresh run per
-``guider.sample`` call (cached guiders and models never mix runs; a cancelled run is dropped) and wraps the
-sampler callback, which fires once per schedule step with its index.
+``guider.sample`` call (cached guiders and models never mix runs; a cancelled run is dropped), wraps the
+sampler callback (once per schedule step, with its index) and keeps each finished run's trace with a small
+fingerprint of its output, so the curve node can tell which run a latent came from.
+
+Importing this module needs no ComfyUI; ``patch_model`` and the sampler check import it when called.
 """
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 import uuid
 from collections import deque
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-import comfy.patcher_extension
-
-from ..guidance import GuidanceRun, GuidanceSettings, Trace
-from .live import step_listener
+from ..guidance import GuidanceRun, GuidanceSettings, NonFiniteGuidance, Trace
+from .live import LiveCurve, live_curve
 
 log = logging.getLogger("memsafe_cfg")
 WRAPPER_KEY = "memsafe_cfg"
 HANDLE_KEY = "memsafe_cfg_handle"
-RECENT = 8
-# k-diffusion samplers whose callbacks do not follow the schedule: their evaluations are placed by sigma (a host
-# read of sigma per call, for these two only)
-OFF_SCHEDULE = ("dpm_fast_function", "dpm_adaptive_function")
+RECENT = 8  # finished runs kept per patched model (a fingerprint and a trace each: a few KB)
+PROBES = 256  # values a fingerprint samples from a latent
+
+
+def _flat(latent) -> tuple[tuple[tuple[int, ...], ...], torch.Tensor]:
+    """(each latent's shape, the values as [B, N]) for a tensor or a nested tensor of several latents (ComfyUI's
+    ``NestedTensor``: ``is_nested`` and ``unbind()``), in the order ``comfy.utils.pack_latents`` packs them."""
+    if getattr(latent, "is_nested", False):
+        parts = list(latent.unbind())
+        return tuple(tuple(p.shape) for p in parts), torch.cat([p.reshape(p.shape[0], -1) for p in parts], dim=1)
+    return (tuple(latent.shape),), latent.reshape(latent.shape[0], -1)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """Enough of a latent to tell runs apart, whatever its size: its shape(s), dtype, ``PROBES`` values at fixed
+    evenly spaced positions, and its sum and L1 norm. Computed once per run (one device -> host copy)."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    dtype: torch.dtype
+    probes: torch.Tensor  # float32 [<= PROBES], on the CPU
+    total: float
+    magnitude: float
+
+    @classmethod
+    def of(cls, latent, shapes: Optional[list] = None) -> "Fingerprint":
+        """``shapes``: the packed latents' shapes when ``latent`` is ComfyUI's flat pack ([B, 1, N])."""
+        own, flat = _flat(latent)
+        if shapes is not None and len(shapes) > 1:
+            own = tuple(tuple(s) for s in shapes)
+        values = flat.reshape(-1)
+        at = torch.linspace(0, max(values.numel() - 1, 0), min(PROBES, values.numel()), device=values.device).long()
+        sums = torch.stack((values.sum(dtype=torch.float32), torch.linalg.vector_norm(values, 1, dtype=torch.float32)))
+        host = torch.cat((values[at].float(), sums)).cpu()
+        return cls(own, values.dtype, host[:-2].float(), float(host[-2]), float(host[-1]))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes kept for this run (the probes; the rest is a few Python numbers)."""
+        return self.probes.numel() * self.probes.element_size() + 8 * (2 + sum(len(s) for s in self.shapes))
+
+    def distance(self, other: "Fingerprint") -> float:
+        """0 for the same latent; inf when shapes or probed values differ (values compared in ``other``'s dtype,
+        so a latent cast after sampling, e.g. to ComfyUI's intermediate dtype, still matches its run)."""
+        if self.shapes != other.shapes or not torch.equal(self.probes.to(other.dtype).float(), other.probes):
+            return math.inf
+        return abs(self.total - other.total) / max(self.magnitude, other.magnitude, 1e-30)
+
+
+def bind_sample_args(guider, args: tuple, kwargs: dict) -> inspect.BoundArguments:
+    """The arguments of ``guider.outer_sample`` by name (noise, latent_image, sampler, sigmas, ..., callback,
+    latent_shapes on newer ComfyUI), whatever was passed by position."""
+    return inspect.signature(guider.outer_sample).bind(*args, **kwargs)
+
+
+def follows_sigma(sampler) -> bool:
+    """dpm_fast and dpm_adaptive: their callbacks ignore the schedule, so the run places evaluations by sigma.
+    Recognised by identity: ComfyUI's own k-diffusion functions, or the code of ``comfy.samplers.ksampler``'s
+    wrappers for those names (a new closure per call, always the same code object)."""
+    fn = getattr(sampler, "sampler_function", None)
+    if fn is None:
+        return False
+    import comfy.k_diffusion.sampling as kd
+    import comfy.samplers
+
+    if fn in (kd.sample_dpm_fast, kd.sample_dpm_adaptive):
+        return True
+    wrappers = {comfy.samplers.ksampler(name).sampler_function.__code__ for name in ("dpm_fast", "dpm_adaptive")}
+    return getattr(fn, "__code__", None) in wrappers
 
 
 class MemSafeHandle:
-    """The guidance attached to one patched model: its settings and its recent finished runs."""
+    """The guidance attached to one patched model: its settings, its live curve and its recent finished runs."""
 
     def __init__(self, settings: GuidanceSettings, node_id: Optional[str] = None):
         self.settings = settings
         self.node_id = node_id
         self.run_key = f"memsafe_cfg_run_{uuid.uuid4().hex}"
-        self.recent: deque[tuple[torch.Tensor, Trace]] = deque(maxlen=RECENT)
-        self.on_step: Optional[Callable[[GuidanceRun, int], None]] = None
+        self.recent: deque[tuple[Fingerprint, Trace]] = deque(maxlen=RECENT)
+        self.live: Optional[LiveCurve] = live_curve(node_id)
         self.warned_no_run = False
 
     def __deepcopy__(self, memo):
@@ -59,40 +128,45 @@ class MemSafeHandle:
     # -- per sampling run ----------------------------------------------------------------------
     def outer_sample(self, executor, *args, **kwargs):
         guider = executor.class_obj
-        args = list(args)
-        sigmas = args[3] if len(args) > 3 else kwargs["sigmas"]
+        call = bind_sample_args(guider, args, kwargs)
+        sampler, sigmas = call.arguments["sampler"], call.arguments["sigmas"]
         model_sampling = guider.model_patcher.get_model_object("model_sampling")
         host_sigmas = sigmas.detach().float().cpu()  # once per run, before any step
         timesteps = model_sampling.timestep(host_sigmas[:-1]).float().tolist()
-        sampler_fn = getattr(getattr(args[2] if len(args) > 2 else kwargs.get("sampler"), "sampler_function", None), "__name__", "")
+        stream = self.live.open() if self.live is not None else None
         run = GuidanceRun(self.settings, host_sigmas.tolist(), timesteps, model_sampling.percent_to_sigma,
-                          on_step=self.on_step, follow_sigma=sampler_fn in OFF_SCHEDULE)
+                          on_step=stream.step if stream is not None else None, follow_sigma=follows_sigma(sampler))
+        call.arguments["callback"] = _wrap_callback(call.arguments.get("callback"), run)
         guider.model_options.setdefault("transformer_options", {})[self.run_key] = run
-
-        if len(args) > 5:
-            args[5] = _wrap_callback(args[5], run)
-        else:
-            kwargs["callback"] = _wrap_callback(kwargs.get("callback"), run)
         try:
-            output = executor(*args, **kwargs)
+            output = executor(*call.args, **call.kwargs)
         finally:
             guider.model_options["transformer_options"].pop(self.run_key, None)
-        trace = run.finish(meta={"node_id": self.node_id or ""})
-        finished = getattr(self.on_step, "finished", None)  # the live curve's run-end message (nodes/live.py)
-        if finished is not None:
-            finished(run, trace)
-        self.recent.append((output.detach().to("cpu", copy=True), trace))
+        try:
+            trace = run.finish(meta={"node_id": self.node_id or ""})
+        except NonFiniteGuidance as e:
+            if stream is not None:
+                stream.fail(str(e))
+            raise
+        if stream is not None:
+            stream.end(trace)
+        self.recent.append((Fingerprint.of(output, call.arguments.get("latent_shapes")), trace))
         return output
 
-    def trace_for(self, samples: Optional[torch.Tensor]) -> Trace:
-        """The trace of the run whose output is ``samples``; the latest run if none matches."""
+    def trace_for(self, samples) -> Trace:
+        """The trace of the run whose output is ``samples`` (a tensor or a nested tensor of packed latents); the
+        latest run if none matches."""
         if not self.recent:
             raise ValueError("No sampling run has used this memorization-safe guidance yet: connect the sampler's "
                              "output LATENT to this node so it runs after sampling.")
         if samples is not None:
-            for out, trace in reversed(self.recent):
-                if out.shape == samples.shape and torch.equal(out, samples.to(out.device, out.dtype)):
-                    return trace
+            wanted, best, found = Fingerprint.of(samples), math.inf, None
+            for fp, trace in reversed(self.recent):  # newest first: on equal distance the latest run wins
+                distance = fp.distance(wanted)
+                if distance < best:
+                    best, found = distance, trace
+            if found is not None:
+                return found
             log.warning("Memorization-safe CFG: the latent matches no recent run of this guidance; showing the latest run.")
         return self.recent[-1][1]
 
@@ -107,8 +181,9 @@ def _wrap_callback(callback, run: GuidanceRun):
 
 def patch_model(model, settings: GuidanceSettings, node_id: Optional[str] = None):
     """Clone ``model`` with memorization-safe guidance; returns (patched model, handle)."""
+    import comfy.patcher_extension
+
     handle = MemSafeHandle(settings, node_id)
-    handle.on_step = step_listener(handle)
     m = model.clone()
     m.model_options["sampler_pre_cfg_function"] = [handle.pre_cfg] + list(m.model_options.get("sampler_pre_cfg_function", []))
     if not settings.off:
@@ -119,7 +194,8 @@ def patch_model(model, settings: GuidanceSettings, node_id: Optional[str] = None
 
 
 def find_handle(model=None, guider=None) -> MemSafeHandle:
-    """The handle of a patched MODEL or of a GUIDER built on one."""
+    """The handle of a patched MODEL or of a GUIDER built on one (also after the guider swapped its patcher for a
+    clone, as ComfyUI 0.33's CFGGuider does with a dynamic-VRAM model's non-dynamic delegate: clones share the handle)."""
     for obj in (guider, model):
         if obj is None:
             continue

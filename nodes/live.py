@@ -1,8 +1,12 @@
 """Live guidance-norm updates for the front end: a few numbers per step over ComfyUI's websocket.
 
-Never adds a host synchronisation per step: CPU values are read directly; CUDA values are copied
-(non-blocking) into pinned memory and sent once their event has completed, or at the run's last step.
-Without a ComfyUI server or a connected client (in-process use, API calls without a client_id) it does nothing.
+``live_curve(node_id)`` gives a node's ``LiveCurve`` (None without a ComfyUI server in this process). Per run the
+adapter opens a ``LiveStream`` (None without a client to send to), hands ``stream.step`` to the run as its per-step
+hook, and ends the stream once with the run's trace (``end``) or its error (``fail``).
+
+Never adds a host synchronisation per step: CPU values are read directly; CUDA values are copied (non-blocking)
+into pinned memory and sent once their event has completed, or at the run's end. A display error never breaks
+sampling: it is logged and the stream goes quiet. Importing this module needs no ComfyUI.
 """
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import itertools
 import logging
 import math
 import sys
-import weakref
 from collections import deque
 from typing import Callable, Optional
 
@@ -31,10 +34,9 @@ def _finite(values) -> list:
     return [float(v) if math.isfinite(v) else None for v in values]
 
 
-def step_payload(node_id: str, run_id: int, step: int, steps: int, norms, switch_step) -> dict:
+def step_payload(node_id: str, run_id: int, step: int, steps: int, norms, switched: list[int]) -> dict:
     """Step ``step``: each sample's guidance norm (None if unmeasured) and the samples that switched at it."""
-    return {"node": node_id, "run": run_id, "step": step, "steps": steps, "norms": _finite(norms),
-            "switched": [b for b, s in enumerate(switch_step) if int(s) == step]}
+    return {"node": node_id, "run": run_id, "step": step, "steps": steps, "norms": _finite(norms), "switched": list(switched)}
 
 
 def done_payload(node_id: str, run_id: int, trace) -> dict:
@@ -45,89 +47,90 @@ def done_payload(node_id: str, run_id: int, trace) -> dict:
 
 
 class LiveStream:
-    """One run's messages, in step order, through ``send(event, data)``."""
+    """One run's messages, in step order, through ``send(event, data)``: ``step`` per schedule step, then ``end``
+    (or ``fail``) exactly once."""
 
     def __init__(self, send: Callable[[str, dict], None], node_id: str):
         self.send, self.node_id, self.run_id = send, node_id, next(_run_ids)
         self.pending: deque = deque()  # (step, host values [2, B], cuda event)
-        self.done = False
+        self.was_on: list[bool] = []  # per sample, on full CFG in an earlier sent step
+        self.steps = 0
+        self.ended = self.broken = False
 
-    def __call__(self, run, i: int) -> None:
-        """GuidanceRun's ``on_step``: step i was recorded; the last step also sends the finished run."""
-        self.push(run, i)
-        if i == run.plan.steps - 1:
-            self.finish(run)
+    def step(self, run, i: int) -> None:
+        """GuidanceRun's per-step hook: step i was recorded."""
+        self._guarded(lambda: self._push(run, i))
 
-    def emit(self, step: int, steps: int, values: torch.Tensor) -> None:
-        norms, switch = values.tolist()
-        self.send(EVENT_STEP, step_payload(self.node_id, self.run_id, step, steps, norms, switch))
+    def end(self, trace) -> None:
+        """The run's end, with its trace: the remaining steps, then the summary."""
+        self._close(lambda: self.send(EVENT_DONE, done_payload(self.node_id, self.run_id, trace)))
 
-    def push(self, run, i: int) -> None:
-        row = torch.stack((run.norms[i], run.switch_step.to(run.norms.dtype)))  # a copy: later steps cannot change it
+    def fail(self, error: str) -> None:
+        """The run ended in an error (a non-finite norm): the remaining steps, then the error."""
+        self._close(lambda: self.send(EVENT_DONE, {"node": self.node_id, "run": self.run_id, "error": error}))
+
+    def _push(self, run, i: int) -> None:
+        self.steps = run.plan.steps
+        row = torch.stack((run.norm_row(i), run.on_row(i).float()))  # a copy: later steps cannot change it
         if row.device.type == "cpu":
-            self.emit(i, run.plan.steps, row)
+            self._emit(i, row)
         elif row.device.type == "cuda":
             host = torch.empty(row.shape, dtype=row.dtype, pin_memory=True)
             host.copy_(row, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
             self.pending.append((i, host, event))
-        # other devices: the whole curve arrives with the last step
-        self.flush(run.plan.steps, wait=False)
+        # other devices: the whole curve arrives with the run's end
+        self._flush(wait=False)
 
-    def flush(self, steps: int, wait: bool) -> None:
+    def _emit(self, step: int, values: torch.Tensor) -> None:
+        norms, on = values.tolist()
+        if not self.was_on:
+            self.was_on = [False] * len(on)
+        switched = [b for b, v in enumerate(on) if v and not self.was_on[b]]
+        self.was_on = [w or bool(v) for w, v in zip(self.was_on, on)]
+        self.send(EVENT_STEP, step_payload(self.node_id, self.run_id, step, self.steps, norms, switched))
+
+    def _flush(self, wait: bool) -> None:
         while self.pending and (wait or self.pending[0][2].query()):
             i, host, event = self.pending.popleft()
             if wait:
                 event.synchronize()
-            self.emit(i, steps, host)
+            self._emit(i, host)
 
-    def finish(self, run, trace=None) -> None:
-        """Run end (the last step, or the adapter with its trace): one synchronisation, then the summary; once."""
-        if self.done:
+    def _close(self, last: Callable[[], None]) -> None:
+        if self.ended:
             return
-        self.done = True
-        self.flush(run.plan.steps, wait=True)
-        try:
-            trace = trace if trace is not None else run.finish()
-        except ValueError as e:  # NonFiniteGuidance: the adapter raises it to the user right after
-            self.send(EVENT_DONE, {"node": self.node_id, "run": self.run_id, "error": str(e)})
+        self.ended = True
+        self._guarded(lambda: (self._flush(wait=True), last()))
+
+    def _guarded(self, call: Callable[[], object]) -> None:
+        if self.broken:
             return
-        self.send(EVENT_DONE, done_payload(self.node_id, self.run_id, trace))
-
-
-def step_listener(handle):
-    """A per-step callback ``f(run, step)`` that streams the new numbers to the browser, or None without a server."""
-    if prompt_server() is None or handle.node_id is None:
-        return None
-    node_id = str(handle.node_id)
-    state = {"run": lambda: None, "stream": None}
-
-    def stream_for(run) -> Optional[LiveStream]:
-        if state["run"]() is not run:  # a new run: bind it to the client that queued this prompt
-            server = prompt_server()
-            sid = getattr(server, "client_id", None)
-            send = (lambda event, data: server.send_sync(event, data, sid)) if sid else None
-            state["run"], state["stream"] = weakref.ref(run), (LiveStream(send, node_id) if send else None)
-        return state["stream"]
-
-    def guarded(call) -> None:
         try:
             call()
         except Exception:  # the display must never break sampling
             log.exception("Memorization-safe CFG: live curve update failed; sampling continues.")
-            state["stream"] = None
+            self.broken = True
 
-    def on_step(run, i: int) -> None:
-        stream = stream_for(run)
-        if stream is not None:
-            guarded(lambda: stream(run, i))
 
-    def finished(run, trace) -> None:
-        """Run end, from the adapter: the summary, for samplers whose callback never reports the last step."""
-        stream = stream_for(run)
-        if stream is not None:
-            guarded(lambda: stream.finish(run, trace))
+class LiveCurve:
+    """The live curve of one node: ``open()`` starts a run's stream, bound to the client that queued the prompt."""
 
-    on_step.finished = finished
-    return on_step
+    def __init__(self, node_id: str):
+        self.node_id = node_id
+
+    def open(self) -> Optional[LiveStream]:
+        """A stream for the run starting now, or None when no client is there to receive it."""
+        server = prompt_server()
+        sid = getattr(server, "client_id", None)
+        if server is None or not sid:
+            return None
+        return LiveStream(lambda event, data: server.send_sync(event, data, sid), self.node_id)
+
+
+def live_curve(node_id: Optional[str]) -> Optional[LiveCurve]:
+    """The node's live curve, or None outside a ComfyUI server (in-process use) or without a node id."""
+    if prompt_server() is None or node_id is None:
+        return None
+    return LiveCurve(str(node_id))

@@ -223,3 +223,34 @@ def test_flow_model_through_stock_loader(comfy, tmp_path):
     assert torch.isfinite(out).all() and trace.visited.all() and (trace.switch_step >= 0).all()
     assert float(trace.sigmas[0]) == pytest.approx(1.0) and float(trace.timesteps[0]) == pytest.approx(1000.0)
     assert torch.isfinite(trace.norms).all() and (trace.norms[0] > 0).all()  # velocity difference at sigma 1
+
+
+def test_packed_latents_and_a_swapped_patcher_find_their_run(comfy, eps_model):
+    """ComfyUI 0.33: a run over several latents at once (a NestedTensor, packed by CFGGuider.sample with
+    ``latent_shapes``), through a guider whose patcher was swapped for a clone after set_conds (as CFGGuider does
+    with a dynamic-VRAM model's non-dynamic delegate). The curve node gets the nested output and finds its run.
+    The model is the tiny UNet's patcher with a unet wrapper that works on the flat pack (no CPU model reads one)."""
+    nested = pytest.importorskip("comfy.nested_tensor", reason="packed latents arrived after ComfyUI 0.3.64")
+    adapter, Guider, _, _, Curve = pack()
+
+    def flat_model(apply_model, args):
+        x, context = args["input"], args["c"]["c_crossattn"]
+        return x * 0.1 + context.mean(dim=(1, 2)).reshape(-1, *[1] * (x.ndim - 1))
+
+    model = eps_model.clone()
+    model.set_model_unet_function_wrapper(flat_model)
+    guider = Guider.execute(model, host.eps_conditioning(1, 1), host.eps_conditioning(1, 2), 7.5, **settings()).args[0]
+    guider.model_patcher = guider.model_patcher.clone()
+    shapes = [(1, 4, 8, 8), (1, 4, 4, 4)]
+    outs = []
+    for steps in (4, 6):
+        noise = nested.NestedTensor([torch.randn(s, generator=torch.Generator().manual_seed(steps + k)) for k, s in enumerate(shapes)])
+        sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "normal", steps)
+        outs.append(guider.sample(noise, nested.NestedTensor([torch.zeros(s) for s in shapes]),
+                                  comfy.samplers.sampler_object("euler"), sigmas, seed=0))
+    handle = adapter.find_handle(guider=guider)
+    assert [fp.shapes for fp, _ in handle.recent] == [tuple(shapes)] * 2
+    for out, steps in zip(outs, (4, 6)):
+        assert [tuple(t.shape) for t in out.unbind()] == shapes
+        trace = Curve.execute({"samples": out}, "panels", False, "memsafe/trace", guider=guider).args[1]
+        assert trace.steps == steps and bool(torch.isfinite(trace.norms).all())
