@@ -203,3 +203,26 @@ def test_tiny_eps_model_scan_norm_equals_stock_ksampler_first_step(comfy):
         noise = comfy.sample.prepare_noise(latent, seed)
         comfy.sample.sample(m, noise, 6, 7.5, "euler", "normal", pos, neg, latent, seed=seed, disable_pbar=True)
         assert seen[0] == pytest.approx(float(out["norm"][k]), rel=1e-5)
+
+
+def test_testbed_scan_workflow_runs_on_a_real_server(comfy_server):
+    """The shipped testbed scan workflow through /prompt: loader -> (stock path) scan -> chart, report, threshold."""
+    import json
+    from pathlib import Path
+
+    from workflows import problems, to_api
+
+    path = Path(__file__).resolve().parents[1] / "example_workflows" / "memsafe_scan_testbed.json"
+    workflow = json.loads(path.read_text())
+    info = comfy_server.get("/object_info")
+    assert problems(workflow, info) == []
+    assert info["MemSafeTestbedLoader"]["output"] == ["MODEL", "CLIP"]
+    assert all(t for t in info["MemSafeMemorizationScan"]["output_tooltips"])
+    entry = comfy_server.run_prompt(to_api(workflow, info))
+    outs = entry["outputs"]
+    texts = {nid: "".join(o["text"]) for nid, o in outs.items() if "text" in o}
+    report = next(t for t in texts.values() if t.startswith("Memorization scan"))
+    assert "detect_threshold (guidance norm" in report and "clean reference prompts" in report
+    thr = next(t for t in texts.values() if t != report and not t.startswith("Memorization scan"))
+    assert float(thr) > 0
+    assert any("images" in o for o in outs.values())
