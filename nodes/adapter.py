@@ -54,7 +54,7 @@ class Fingerprint:
     @classmethod
     def of(cls, latent, shapes: Optional[list] = None) -> "Fingerprint":
         """``shapes``: the packed latents' shapes when ``latent`` is ComfyUI's flat pack ([B, 1, N])."""
-        own, flat = _flat(latent)
+        own, flat = _flat(latent.detach() if torch.is_tensor(latent) else latent)
         if shapes is not None and len(shapes) > 1:
             own = tuple(tuple(s) for s in shapes)
         values = flat.reshape(-1)

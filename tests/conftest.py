@@ -5,15 +5,13 @@ Host tests need a ComfyUI checkout at COMFYUI_PATH; without it they skip, and th
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported (host imports it)
-from host import load_pack  # noqa: E402
+from host import load_module, load_pack  # noqa: E402
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 HOST_MISSING = "HOST TESTS SKIPPED: COMFYUI_PATH is unset or not a ComfyUI checkout; set it to run the real-ComfyUI tier."
@@ -23,13 +21,9 @@ load_pack()
 
 
 def load_test_module(name: str):
-    """tests/<name>.py by path: once ComfyUI is imported in process, a plain ``import server`` is ComfyUI's server.py."""
-    key = f"memsafe_tests_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).with_name(f"{name}.py"))
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
+    """tests/<name>.py by path (``host.load_module``): once ComfyUI is imported in process, a plain ``import server``
+    is ComfyUI's server.py."""
+    return load_module(f"memsafe_tests_{name}", Path(__file__).with_name(f"{name}.py"))
 
 
 def host_available() -> bool:

@@ -1,8 +1,9 @@
 """The no-extra-cost benchmark (bench/run.py) on tiny configurations: structure of its results, never timings."""
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import math
+import types
 import os
 import subprocess
 import sys
@@ -16,13 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("memsafe_bench_run", REPO / "bench" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    module.import_comfy("cpu")
-    module.load_pack()
-    return module
+    """bench/'s modules (run, models, measure, report), imported as bench/run.py imports them; one namespace."""
+    import host
+
+    if str(REPO / "bench") not in sys.path:
+        sys.path.insert(0, str(REPO / "bench"))
+    host.import_comfy("cpu")
+    host.load_pack()
+    names = {}
+    for module in ("models", "measure", "report", "run"):
+        names.update({k: v for k, v in vars(importlib.import_module(module)).items() if not k.startswith("_")})
+    return types.SimpleNamespace(**names)
 
 
 @pytest.fixture(scope="module")

@@ -1,13 +1,11 @@
 """Faults and bad input (issue 4, host tier): interrupts, reuse, odd schedules, extreme settings, odd
 conditioning, inpainting, NaN models, invalid settings (node and /prompt), trace paths, other CFG patches, cfg 1.
 
-Real ComfyUI on tiny generated models; every run is watched from outside by ``host_models.Probe``.
+Real ComfyUI on tiny generated models; every run is watched from outside by ``host.Probe``.
 """
 from __future__ import annotations
 
-import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +22,7 @@ OFF = dict(DYNAMIC, transition="off")
 
 @pytest.fixture(scope="module")
 def eps(tmp_path_factory):
-    from host import import_comfy
-    from host_models import build_kind
+    from host import build_kind, import_comfy
 
     import_comfy()
     return build_kind("eps", Path(tmp_path_factory.mktemp("faults")))
@@ -209,7 +206,7 @@ def test_one_guider_base_then_refine(eps):
 
 # -- odd schedules ----------------------------------------------------------------------------------------------
 def _watched(kind, settings, sigmas, sampler="euler", batch=2, cfg=CFG, denoise_mask=None, latent=None, **conds):
-    from host_models import Probe
+    from host import Probe
 
     probe = Probe()
     g = guide(kind.model, kind, settings, cfg, **conds)
@@ -259,7 +256,7 @@ def test_few_steps_dynamic(eps, steps, sampler):
     """1-3 steps through the stock KSampler path: one step means latest clamps to step 0, so plain cfg from the start."""
     import comfy.sample
 
-    from host_models import Probe
+    from host import Probe
 
     p, probe = pack(), Probe()
     latent = eps.latent(2)
@@ -328,7 +325,7 @@ def test_conditioning_variants(eps, variant):
 def test_inpainting_with_noise_mask(eps, path):
     import comfy.sample
 
-    from host_models import Probe
+    from host import Probe
 
     latent = eps.latent(2, empty=False)
     mask = torch.zeros(1, 1, 8, 8)
@@ -425,24 +422,8 @@ def test_invalid_settings_rejected_before_sampling_by_every_node(eps, bad, name)
     assert not calls, "the model ran before the settings were rejected"
 
 
-@pytest.fixture(scope="module")
-def prompt_server(request):
-    """The session's server. conftest imports tests/server.py by the bare name ``server``, which ComfyUI's own
-    server.py shadows once ComfyUI's nodes.py has put its folders first on sys.path (in-process tests above
-    import it): make sure ours is the one cached under that name before the fixture runs."""
-    if "server" not in sys.modules:
-        saved = list(sys.path)
-        sys.path.insert(0, str(Path(__file__).parent))
-        try:
-            importlib.import_module("server")
-        finally:
-            sys.path[:] = saved
-    return request.getfixturevalue("comfy_server")
-
-
 @pytest.mark.parametrize("bad,name", BAD[:-1], ids=[n + "-" + "-".join(map(str, b.values())) for b, n in BAD[:-1]])
-def test_invalid_settings_rejected_by_prompt_validation(prompt_server, bad, name):
-    comfy_server = prompt_server
+def test_invalid_settings_rejected_by_prompt_validation(comfy_server, bad, name):
     prompt = {"1": {"class_type": "UNETLoader", "inputs": {"unet_name": "tiny_sd3.safetensors", "weight_dtype": "default"}},
               "2": {"class_type": "MemSafeCFGPatch", "inputs": {"model": ["1", 0], **dict(DYNAMIC, **bad)}},
               "3": {"class_type": "MemSafeGuidanceCurve", "inputs": {"latent": ["4", 0], "model": ["2", 0], "layout": "panels",
@@ -511,7 +492,7 @@ def _other_patches():
 def test_stacks_with_core_cfg_patches_and_measures_raw_predictions(eps, other, order):
     import comfy.sample
 
-    from host_models import Probe
+    from host import Probe
 
     p = pack()
     latent = eps.latent(2)
@@ -539,7 +520,7 @@ def test_stacks_with_core_cfg_patches_and_measures_raw_predictions(eps, other, o
 def test_cfg1_patch_forces_the_uncond_pass(eps):
     import comfy.sample
 
-    from host_models import Probe
+    from host import Probe
 
     p, probe = pack(), Probe()
     latent = eps.latent(2)

@@ -1,5 +1,7 @@
-"""The core stays host-free: nothing under guidance/ imports ComfyUI, and its only third-party imports are
-torch, numpy, PIL and safetensors (checked in the source with ``ast`` and at run time in a fresh interpreter)."""
+"""Import boundaries. The core stays host-free: nothing under guidance/ imports ComfyUI, and its only third-party
+imports are torch, numpy, PIL and safetensors (checked in the source with ``ast`` and at run time in a fresh
+interpreter). The layers point one way: guidance/ never imports testbed/ (or nodes/), testbed/ never imports
+nodes/ (the pack's, or ComfyUI's ``nodes``)."""
 from __future__ import annotations
 
 import ast
@@ -36,6 +38,50 @@ def imports(path: Path):
                 yield literal.split(".")[0], 0, node.lineno
 
 
+def pack_imports(path: Path, source: str = ""):
+    """(first folder of the pack an import reaches, or None for outside the pack; the top-level name; line) for
+    every import of ``path``: relative imports resolved against its place in the repo, absolute ones through
+    ``memsafe_cfg.``; ``from .. import x`` reaches folder x. ``source``: read instead of the file."""
+    here = list(path.relative_to(REPO).parent.parts)
+    tree = ast.parse(source or path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = here[: len(here) - (node.level - 1)] + (node.module.split(".") if node.module else [])
+            targets = [base + [a.name] for a in node.names] if not base else [base]
+            for parts in targets:
+                yield parts[0], parts[0], node.lineno
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            for name in names:
+                parts = name.split(".")
+                inside = parts[0] == "memsafe_cfg" and len(parts) > 1
+                yield (parts[1] if inside else None), parts[0], node.lineno
+
+
+LAYERS = [  # (folder, what it must never reach: pack folders, and top-level modules outside the pack)
+    ("guidance", {"testbed", "nodes"}, {"testbed", "nodes"}),
+    ("testbed", {"nodes"}, {"nodes"}),
+]
+
+
+@pytest.mark.parametrize("folder, pack_forbidden, top_forbidden", LAYERS, ids=[f for f, _, _ in LAYERS])
+def test_layers_point_one_way(folder, pack_forbidden, top_forbidden):
+    files = sorted((REPO / folder).rglob("*.py"))
+    assert files
+    for path in files:
+        for reached, top, line in pack_imports(path):
+            where = f"{path.relative_to(REPO)}:{line}"
+            assert reached not in pack_forbidden, f"{where}: imports the pack's {reached}/"
+            assert reached is not None or top not in top_forbidden, f"{where}: imports '{top}'"
+
+
+def test_layer_checker_resolves_relative_imports():
+    probe = REPO / "testbed" / "probe.py"  # never written: the source is given
+    src = "from .. import nodes\nfrom ..nodes.adapter import x\nfrom . import guidance\nimport memsafe_cfg.nodes\nimport nodes\n"
+    found = [(r, t) for r, t, _ in pack_imports(probe, src)]
+    assert found == [("nodes", "nodes"), ("nodes", "nodes"), ("testbed", "testbed"), ("nodes", "memsafe_cfg"), (None, "nodes")]
+
+
 def test_core_files_found():
     names = {p.name for p in FILES}
     assert {"__init__.py", "run.py", "render.py", "combine.py"} <= names
@@ -65,9 +111,9 @@ def test_checker_catches_violations(tmp_path):
 
 def test_importing_and_using_core_loads_no_host_module(tmp_path):
     code = f"""
-import importlib.util, sys
-spec = importlib.util.spec_from_file_location("memsafe_cfg", {str(REPO / '__init__.py')!r}, submodule_search_locations=[{str(REPO)!r}])
-mod = importlib.util.module_from_spec(spec); sys.modules["memsafe_cfg"] = mod; spec.loader.exec_module(mod)
+import sys
+sys.path.insert(0, {str(REPO / 'tests')!r})
+import host; host.load_pack()
 import torch
 from memsafe_cfg.guidance import GuidanceRun, GuidanceSettings, render_curves
 run = GuidanceRun(GuidanceSettings(), [3.0, 2.0, 1.0, 0.0], [900.0, 600.0, 300.0], lambda p: 3.0 * (1 - p))
@@ -76,7 +122,7 @@ for i in range(3):
     run.end_step(i)
 trace = run.finish(); trace.save({str(tmp_path / 't.safetensors')!r}); render_curves(trace)
 host = sorted(m for m in sys.modules if m.split(".")[0] in {sorted(HOST)!r} or m.startswith("memsafe_cfg.nodes"))
-third = sorted({{m.split(".")[0] for m in sys.modules}} - set(sys.stdlib_module_names) - {{"memsafe_cfg", "__main__", "__mp_main__"}})
+third = sorted({{m.split(".")[0] for m in sys.modules}} - set(sys.stdlib_module_names) - {{"memsafe_cfg", "host", "__main__", "__mp_main__"}})
 print("HOST", host); print("THIRD", third)
 """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ""}

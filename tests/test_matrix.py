@@ -2,7 +2,7 @@
 
 Every row runs real ComfyUI three times on a tiny generated model: stock CFG on the unpatched model; the pack with
 transition "off" (must equal stock bit for bit); the pack in dynamic mode with opposite guidance (guidance_before
--2, cfg 5), watched from outside by ``host_models.Probe``. The dynamic run must finish with finite latents; its
+-2, cfg 5), watched from outside by ``host.Probe``. The dynamic run must finish with finite latents; its
 trace must hold one point per schedule step the sampler visits, each the guidance norm of the raw predictions of
 an evaluation inside that step's sigma band; every evaluation must have been combined with the scale the trace
 records (measured from ComfyUI's own CFG result); every sample must switch inside [earliest, latest] and be
@@ -142,7 +142,7 @@ def _summary(request):
 
 @pytest.fixture(scope="module")
 def kinds(tmp_path_factory):
-    from host_models import build_kind
+    from host import build_kind
 
     tmp, cache = tmp_path_factory.mktemp("matrix-models"), {}
 
@@ -278,7 +278,7 @@ def check_dynamic(row, trace, probe, sigmas, percent_to_sigma, out, latent):
 def test_combination(row, kinds):
     import comfy.sample
 
-    from host_models import Probe
+    from host import Probe
 
     kind = kinds(row["model"])
     base = kind.model
@@ -313,7 +313,7 @@ def _watched(kinds, sampler, steps, settings, model="eps", scheduler="normal"):
     """One watched guider run: (trace, probe, sigmas, percent_to_sigma)."""
     import comfy.sample
 
-    from host_models import Probe
+    from host import Probe
 
     kind = kinds(model)
     row = dict(sampler=sampler, scheduler=scheduler, model=model, batch=1, denoise=1.0, path="guider", steps=steps)
