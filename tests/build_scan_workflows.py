@@ -45,7 +45,14 @@ SD_SCAN = {"prompts": "\n".join(SD_PROMPTS), "negative": "", "seeds_per_prompt":
            "false_positive_rate": 0.05, "memorized_prompts": ""}
 
 
+TESTBED_THRESHOLD = 0.0282  # this workflow's scan output, rounded (write_thumbnails prints the exact value)
+SAMPLER_NOTE = "type the scan's detect_threshold here (same scheduler and steps as the scan)"
+
+
 def testbed_scan_workflow():
+    sampler = {"seed": 4, "steps": 50, "cfg": 5.0, "sampler_name": "euler", "scheduler": "ddim_uniform", "denoise": 1.0,
+               "guidance_before": 0.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
+               "latest_percent": 0.5, "detect_threshold": TESTBED_THRESHOLD, "curve_layout": "panels"}
     return [
         {"id": 1, "type": "MemSafeTestbedLoader", "pos": [0, 0], "size": [320, 80], "title": "Testbed model + text encoder"},
         {"id": 2, "type": "MemSafeMemorizationScan", "pos": [380, 0], "size": [420, 760], "widgets": TESTBED_SCAN,
@@ -55,6 +62,22 @@ def testbed_scan_workflow():
         {"id": 4, "type": "PreviewAny", "pos": [840, 560], "size": [820, 420], "inputs": {"source": (2, 1)}, "title": "Report"},
         {"id": 5, "type": "PreviewAny", "pos": [380, 800], "size": [420, 120], "inputs": {"source": (2, 2)},
          "title": "detect_threshold (type it into a Memorization-Safe node, same scheduler and steps)"},
+        # Then sample with it: the stock text-encode path on the loader's CLIP, the Memorization-Safe KSampler.
+        {"id": 6, "type": "CLIPTextEncode", "pos": [0, 1000], "size": [320, 120], "widgets": {"text": "3 bold"},
+         "inputs": {"clip": (1, 1)}, "title": "Prompt (stock CLIP Text Encode)"},
+        {"id": 7, "type": "CLIPTextEncode", "pos": [0, 1160], "size": [320, 120], "widgets": {"text": ""},
+         "inputs": {"clip": (1, 1)}, "title": "Negative (empty = unconditional)"},
+        {"id": 8, "type": "EmptyLatentImage", "pos": [0, 1320], "size": [320, 110],
+         "widgets": {"width": 128, "height": 128, "batch_size": 4}},
+        {"id": 9, "type": "MemSafeKSampler", "pos": [380, 1000], "size": [420, 520], "widgets": sampler,
+         "inputs": {"model": (1, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (8, 0)},
+         "title": "Memorization-Safe KSampler (" + SAMPLER_NOTE + ")"},
+        {"id": 10, "type": "MemSafeTestbedDecode", "pos": [840, 1000], "size": [260, 80], "widgets": {"scale": 8},
+         "inputs": {"samples": (9, 0)}},
+        {"id": 11, "type": "PreviewImage", "pos": [1140, 1000], "size": [420, 280], "inputs": {"images": (10, 0)},
+         "title": "Samples (flagged ones get the transition, the others plain CFG)"},
+        {"id": 12, "type": "PreviewImage", "pos": [840, 1320], "size": [720, 400], "inputs": {"images": (9, 1)},
+         "title": "Guidance norm curve (dashed line: detect_threshold)"},
     ]
 
 
@@ -68,6 +91,21 @@ def sd15_scan_workflow():
         {"id": 4, "type": "PreviewAny", "pos": [880, 560], "size": [820, 420], "inputs": {"source": (2, 1)}, "title": "Report"},
         {"id": 5, "type": "PreviewAny", "pos": [380, 860], "size": [460, 120], "inputs": {"source": (2, 2)},
          "title": "detect_threshold (for the Memorization-Safe KSampler with karras, 30 steps)"},
+        # Then sample a flagged prompt with the threshold (0 = detection off until you type the scan's value).
+        {"id": 6, "type": "CLIPTextEncode", "pos": [0, 1040], "size": [340, 140], "widgets": {"text": SD_PROMPTS[0]},
+         "inputs": {"clip": (1, 1)}, "title": "Prompt (one the scan flagged)"},
+        {"id": 7, "type": "CLIPTextEncode", "pos": [0, 1220], "size": [340, 140], "widgets": {"text": ""},
+         "inputs": {"clip": (1, 1)}, "title": "Negative"},
+        {"id": 8, "type": "EmptyLatentImage", "pos": [0, 1400], "widgets": {"width": 512, "height": 512, "batch_size": 2}},
+        {"id": 9, "type": "MemSafeKSampler", "pos": [380, 1040], "size": [460, 520],
+         "widgets": {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0,
+                     "guidance_before": 0.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
+                     "latest_percent": 0.5, "detect_threshold": 0.0, "curve_layout": "panels"},
+         "inputs": {"model": (1, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (8, 0)},
+         "title": "Memorization-Safe KSampler (" + SAMPLER_NOTE + ")"},
+        {"id": 10, "type": "VAEDecode", "pos": [880, 1040], "inputs": {"samples": (9, 0), "vae": (1, 2)}},
+        {"id": 11, "type": "SaveImage", "pos": [1120, 1040], "size": [400, 440], "widgets": {"filename_prefix": "memsafe_scan"},
+         "inputs": {"images": (10, 0)}},
     ]
 
 
@@ -108,6 +146,8 @@ def write_thumbnails(size: int = 512) -> None:
     from PIL import Image, ImageDraw, ImageFont
 
     chart, report, thr = run_testbed_scan()
+    if round(thr, 4) != TESTBED_THRESHOLD:
+        print(f"note: this run's detect_threshold {thr:.6g} differs from TESTBED_THRESHOLD {TESTBED_THRESHOLD}; update it")
     img = Image.fromarray((chart[0].numpy() * 255).round().astype("uint8"))
     HELP_IMAGES.mkdir(parents=True, exist_ok=True)
     img.save(HELP_IMAGES / "scan-chart.png", optimize=True)
