@@ -214,7 +214,7 @@ def write_thumbnails(size: int = 512) -> None:
             d.text((20, y + 4), what, font=font(18), fill=(90, 90, 90))
             c = curve.resize((size - 24, int((size - 24) * curve.height / curve.width)), Image.LANCZOS)
             img.paste(c, (12, size - c.height - 40))
-            d.text((20, size - 32), "curve: a real testbed run ('3 bold', seed 4); SD1.5 curves look alike",
+            d.text((20, size - 32), "the curve shown: a real run of the pack's testbed model ('3 bold', seed 4)",
                     font=font(13), fill=(110, 110, 110))
         img.save(OUT / f"{name}.jpg", quality=88, optimize=True)
         if what is None:
