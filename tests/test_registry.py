@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import tomllib
 import urllib.parse
 import zipfile
 from pathlib import Path
@@ -20,6 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import load_test_module
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli", reason="reading pyproject.toml needs Python 3.11 or tomli")
 
 REPO = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
