@@ -55,6 +55,7 @@ class GuidanceRun:
         self.unmeasured = [False] * n  # a step had an evaluation without uncond pass (stock's cfg-1 shortcut)
         self.batch = -1
         self.latch: Optional[Latch] = None  # built at the first evaluation, when batch and device are known
+        self.unknown: Optional[torch.Tensor] = None  # [B] NaN: the row of a step nobody has started
         self.norms: list[torch.Tensor] = []  # one [B] row per step: the norm of the step's first evaluation, else NaN
         self.started: list[tuple[int, torch.Tensor]] = []  # (step, samples whose first evaluation of it this was)
 
@@ -76,7 +77,7 @@ class GuidanceRun:
         if tick.step < self.plan.steps:
             self._record(tick.step, tick.starts, cond, uncond, sigma, cfg, measured)
         keep = self.latch.decide(tick, self.norms)
-        if self.follow_sigma:
+        if self.follow_sigma:  # dpm_fast / dpm_adaptive: no schedule callbacks; the sigma band is the step
             self.latch.step_done(tick.step)
         if self.settings.off:
             return cond, uncond

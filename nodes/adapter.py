@@ -11,6 +11,7 @@ Importing this module needs no ComfyUI; ``patch_model`` and the sampler check im
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -89,13 +90,18 @@ def follows_sigma(sampler) -> bool:
     fn = getattr(sampler, "sampler_function", None)
     if fn is None:
         return False
+    functions, codes = _off_schedule()
+    return fn in functions or getattr(fn, "__code__", None) in codes
+
+
+@functools.cache
+def _off_schedule() -> tuple[tuple, frozenset]:
+    """(ComfyUI's dpm_fast / dpm_adaptive functions, the code objects of ``ksampler``'s wrappers for them)."""
     import comfy.k_diffusion.sampling as kd
     import comfy.samplers
 
-    if fn in (kd.sample_dpm_fast, kd.sample_dpm_adaptive):
-        return True
-    wrappers = {comfy.samplers.ksampler(name).sampler_function.__code__ for name in ("dpm_fast", "dpm_adaptive")}
-    return getattr(fn, "__code__", None) in wrappers
+    names = ("dpm_fast", "dpm_adaptive")
+    return (kd.sample_dpm_fast, kd.sample_dpm_adaptive), frozenset(comfy.samplers.ksampler(n).sampler_function.__code__ for n in names)
 
 
 class MemSafeHandle:
