@@ -49,8 +49,9 @@ def load_pack():
 def import_comfy(device: str = "cpu"):
     """Put ComfyUI on sys.path and select the device (``cpu``, or ``cuda`` for the benchmark) before
     comfy.model_management is imported (after that, the first choice stands)."""
-    if COMFYUI_PATH not in sys.path:
-        sys.path.insert(0, COMFYUI_PATH)
+    if COMFYUI_PATH in sys.path:
+        sys.path.remove(COMFYUI_PATH)
+    sys.path.insert(0, COMFYUI_PATH)  # ahead of the checkout, which pytest may have put first (see below)
     from comfy.cli_args import args
 
     if "comfy.model_management" not in sys.modules:
@@ -58,6 +59,12 @@ def import_comfy(device: str = "cpu"):
     import comfy.model_management  # noqa: F401
     import comfy.sample  # noqa: F401
     import comfy.samplers  # noqa: F401
+    # ComfyUI's nodes.py, now: pytest puts the checkout's own folder on sys.path when that folder's name is not an
+    # identifier (a clone named ComfyUI-MemSafe-CFG), and a later `import nodes` would find the pack's nodes/.
+    import nodes
+
+    if Path(nodes.__file__).resolve() != (Path(COMFYUI_PATH) / "nodes.py").resolve():
+        raise ImportError(f"'nodes' resolved to {nodes.__file__}, not ComfyUI's nodes.py; import ComfyUI first")
     return sys.modules["comfy"]
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -41,7 +42,7 @@ def test_workflow_templates_list_and_serve_the_examples(comfy_server):
     listed = comfy_server.get("/workflow_templates")[PACK_DIR_NAME]
     assert sorted(listed) == sorted(p.stem for p in WORKFLOWS)
     for p in WORKFLOWS:
-        served = comfy_server.get(f"/api/workflow_templates/{PACK_DIR_NAME}/{p.name}")
+        served = comfy_server.get(f"/api/workflow_templates/{PACK_DIR_NAME}/{urllib.parse.quote(p.name)}")
         assert served == json.loads(p.read_text())
 
 

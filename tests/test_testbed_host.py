@@ -10,7 +10,7 @@ import pytest
 from workflows import to_api
 
 pytestmark = pytest.mark.host
-WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "memsafe_testbed_side_by_side.json"
+WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "Testbed - stock CFG copies, Memorization-Safe does not (CPU).json"
 
 
 def nearest_report(entry: dict, node_id: str) -> list[dict]:
