@@ -71,16 +71,21 @@ def probe_sigmas(model_sampling, scheduler: str, steps: int, alignment: bool):
 
 class _Probe(comfy.samplers.Sampler):
     """A 'sampler' that only evaluates cond and uncond on pure noise at the probe sigmas, through
-    comfy.samplers.calc_cond_batch with the guider's processed conds and model options, and keeps the results."""
+    comfy.samplers.calc_cond_batch (or a model's sampler_calc_cond_batch_function, as sampling_function honours it)
+    with the guider's processed conds and model options, and keeps the results."""
 
     def __init__(self, first_sigma: float, low_sigma):
         self.first_sigma, self.low_sigma, self.results, self.calls = first_sigma, low_sigma, [], 0
 
     def evaluate(self, model_wrap, x, sigma, extra_args):
-        conds = model_wrap.conds
-        with torch.no_grad():
-            cond_den, uncond_den = comfy.samplers.calc_cond_batch(
-                model_wrap.inner_model, [conds.get("positive"), conds.get("negative")], x, sigma, extra_args["model_options"])
+        conds, options = model_wrap.conds, extra_args["model_options"]
+        pair = [conds.get("positive"), conds.get("negative")]
+        with torch.no_grad():  # as sampling_function does it, minus the CFG: the raw predictions
+            if "sampler_calc_cond_batch_function" in options:
+                args = {"conds": pair, "input": x, "sigma": sigma, "model": model_wrap.inner_model, "model_options": options}
+                cond_den, uncond_den = options["sampler_calc_cond_batch_function"](args)[:2]
+            else:
+                cond_den, uncond_den = comfy.samplers.calc_cond_batch(model_wrap.inner_model, pair, x, sigma, options)
         self.calls += 1
         return cond_den.detach().float().cpu(), uncond_den.detach().float().cpu()
 
@@ -239,7 +244,7 @@ class MemSafeMemorizationScan(io.ComfyNode):
         zero = empty_latent(model, width, height, latent)
         ms = model.get_model_object("model_sampling")
         first, low, sched = probe_sigmas(ms, scheduler, steps, score != "norm")
-        seeds = [seed + k for k in range(seeds_per_prompt)]
+        seeds = [(seed + k) % 2 ** 64 for k in range(seeds_per_prompt)]  # the seed widget's range wraps
         pbar = comfy.utils.ProgressBar(len(jobs))
         items, calls = [], 0
         for i, ((text, kind), cond) in enumerate(zip(jobs, conds)):

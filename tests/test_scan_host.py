@@ -226,3 +226,70 @@ def test_testbed_scan_workflow_runs_on_a_real_server(comfy_server):
     thr = next(t for t in texts.values() if t != report and not t.startswith("Memorization scan"))
     assert float(thr) > 0
     assert any("images" in o for o in outs.values())
+
+
+@pytest.mark.parametrize("kind", ["eps", "v", "flow", "video"])
+def test_every_model_kind_scan_norm_equals_the_stock_samplers_first_step(comfy, kind, tmp_path):
+    """eps, v, flow (SD3-shaped, stock loader) and video (Wan, 5-D latents): the scan's norm is the guidance norm of the
+    raw predictions the stock KSampler path evaluates first (observed with ComfyUI's sampler_calc_cond_batch_function)."""
+    from memsafe_cfg.nodes.scan import empty_latent, evaluate, probe_sigmas
+
+    k = host.build_kind(kind, tmp_path)
+    zero = empty_latent(k.model, 64, 64, {"samples": torch.zeros(1, *k.shape)})
+    first, low, sched = probe_sigmas(k.model.get_model_object("model_sampling"), "simple", 4, True)
+    out, _ = evaluate(k.model, k.positive, k.negative, zero, [3, 4], first, low, sched)
+    assert torch.isfinite(out["norm"]).all() and torch.isfinite(out["alignment"]).all()
+    assert float(out["alignment"].abs().max()) <= 1.0 + 1e-6
+    for i, seed in enumerate([3, 4]):
+        probe = host.Probe()
+        m = probe.attach(k.model)
+        latent = zero.clone()
+        comfy.sample.sample(m, comfy.sample.prepare_noise(latent, seed), 4, 7.5, "euler", "simple", k.positive, k.negative,
+                            latent, seed=seed, disable_pbar=True)
+        assert float(probe.evals[0].norm()[0]) == pytest.approx(float(out["norm"][i]), rel=1e-5)
+
+
+def test_out_of_memory_halves_the_seed_batch(comfy):
+    from memsafe_cfg.nodes.scan import empty_latent, evaluate, probe_sigmas
+
+    model = host.tiny_eps_model()
+    pos, neg = host.eps_conditioning(seed=1), host.eps_conditioning(seed=2)
+    first, low, sched = probe_sigmas(model.get_model_object("model_sampling"), "normal", 10, False)
+    zero = empty_latent(model, 64, 64)
+    seeds = [0, 1, 2, 3, 4]
+    whole, calls = evaluate(model, pos, neg, zero, seeds, first, low, sched)
+    assert calls == 1
+    m = model.clone()
+
+    def small_batches_only(apply_model, args):
+        if args["input"].shape[0] > 2:
+            raise comfy.model_management.OOM_EXCEPTION("test: batch too large")
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    m.set_model_unet_function_wrapper(small_batches_only)
+    chunked, calls = evaluate(m, pos, neg, zero, seeds, first, low, sched)
+    assert calls >= 3
+    assert torch.allclose(chunked["norm"], whole["norm"], rtol=1e-5)
+
+
+def test_bad_input_is_refused_at_queue_time_by_the_server(comfy_server):
+    import json
+    from pathlib import Path
+
+    from workflows import to_api
+
+    path = Path(__file__).resolve().parents[1] / "example_workflows" / "memsafe_scan_testbed.json"
+    workflow = json.loads(path.read_text())
+    api = to_api(workflow, comfy_server.get("/object_info"))
+    scan_id = next(k for k, v in api.items() if v["class_type"] == "MemSafeMemorizationScan")
+    # the scan branch only (the loader, the scan and its previews), so nothing else in the prompt is valid to run
+    api = {k: v for k, v in api.items() if k == "1" or any(inp == [scan_id, s] for inp in v["inputs"].values() for s in (0, 1, 2))
+           or k == scan_id}
+    scan = api[scan_id]
+    for key, value, name in (("prompts", "  \n ", "prompts"), ("false_positive_rate", 0.0, "false_positive_rate"),
+                             ("seeds_per_prompt", 0, "seeds_per_prompt")):
+        bad = json.loads(json.dumps(api))
+        next(v for v in bad.values() if v["class_type"] == "MemSafeMemorizationScan")["inputs"][key] = value
+        status, body = comfy_server.post("/prompt", {"prompt": bad})
+        assert status == 400 and name in json.dumps(body["node_errors"][scan_id]), (key, status, body)
+    assert scan["inputs"]["prompts"]
