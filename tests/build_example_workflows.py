@@ -121,7 +121,7 @@ def testbed_workflow():
         {"id": 12, "type": "MemSafeTestbedNearest", "pos": [740, 830], "size": [300, 120],
          "widgets": {"threshold": 0.95, "scale": 4}, "inputs": {"samples": (6, 0)},
          "title": "Nearest training image (Memorization-Safe)"},
-        {"id": 15, "type": "PreviewImage", "pos": [360, 860], "size": [640, 400], "inputs": {"images": (6, 1)},
+        {"id": 15, "type": "PreviewImage", "pos": [360, 1060], "size": [640, 400], "inputs": {"images": (6, 1)},
          "title": "Guidance norm curve (one panel per sample)"},
     ]
 
