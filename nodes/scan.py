@@ -47,7 +47,9 @@ def check(prompts, seeds_per_prompt, clean_prompts="", false_positive_rate=None,
                     f"{len(mem)}) is more than {S.MAX_PROMPTS}; split the list into several scans.")
     if seeds_per_prompt is not None and (not isinstance(seeds_per_prompt, int) or seeds_per_prompt < 1):
         errs.append(f"seeds_per_prompt: {seeds_per_prompt} is not a positive whole number; use 1 or more (Wen et al. average 4-10).")
-    if clean and (false_positive_rate is None or not 0.0 < float(false_positive_rate) < 1.0):
+    if false_positive_rate is not None and not 0.0 <= float(false_positive_rate) <= 1.0:
+        errs.append(f"false_positive_rate: {false_positive_rate} is outside 0..1; use e.g. 0.05 for 5 %.")
+    elif clean and (false_positive_rate is None or not 0.0 < float(false_positive_rate) < 1.0):
         errs.append(f"false_positive_rate: {false_positive_rate} is outside (0, 1) but clean_prompts is given; set a rate such "
                     "as 0.05 (5 % of clean samples flagged), or empty clean_prompts.")
     if mem and not clean:

@@ -127,6 +127,7 @@ BAD = [
     (dict(clean_prompts=CLEAN, false_positive_rate=None), "false_positive_rate"),
     (dict(memorized_prompts=MEM), "memorized_prompts"),
     (dict(score="alignment"), "score"),
+    (dict(false_positive_rate=1.5), "false_positive_rate"),
 ]
 
 
@@ -217,7 +218,13 @@ def test_testbed_scan_workflow_runs_on_a_real_server(comfy_server):
     info = comfy_server.get("/object_info")
     assert problems(workflow, info) == []
     assert info["MemSafeTestbedLoader"]["output"] == ["MODEL", "CLIP"]
-    assert all(t for t in info["MemSafeMemorizationScan"]["output_tooltips"])
+    scan_info = info["MemSafeMemorizationScan"]
+    assert all(t for t in scan_info["output_tooltips"]) and scan_info["category"] == "sampling/memorization-safe"
+    for section in ("required", "optional"):
+        for name, spec in scan_info["input"].get(section, {}).items():
+            assert len(spec) > 1 and spec[1].get("tooltip"), f"MemSafeMemorizationScan.{name} has no tooltip"
+    assert all(who in scan_info["description"] for who in ("Jain et al.", "Wen et al.", "Asthana and Belagiannis"))
+    assert info["MemSafeTestbedLoader"]["output_tooltips"][1]
     entry = comfy_server.run_prompt(to_api(workflow, info))
     outs = entry["outputs"]
     texts = {nid: "".join(o["text"]) for nid, o in outs.items() if "text" in o}
