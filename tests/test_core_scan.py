@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from guidance import scan as S
+from guidance import GuidanceSettings
 from guidance.combine import guidance_norm
 from guidance.transition import not_flagged
 
@@ -159,3 +160,22 @@ def test_chart_draws_the_threshold_line():
     without = S.render_scan(S.calibrate(items[:1], "norm", None))
     gray = lambda img: ((img[0] - torch.tensor([90 / 255] * 3)).abs().amax(-1) < 1e-3).sum()  # noqa: E731
     assert int(gray(with_t)) > int(gray(without)) + 50
+
+
+def test_testbed_scan_eval_scores_are_the_samplers_first_step_norms():
+    """testbed/scan_eval.py scores with guidance/scan.py; its norm is the first-step norm the testbed sampler measures
+    (the value detect_threshold is compared with), and its alignment is a cosine."""
+    from testbed.data import MEMORIZED
+    from testbed.model import encode_prompt
+    from testbed.sampler import load_unet, noise_for, sample
+    from testbed.scan_eval import score_prompts
+
+    unet = load_unet()
+    prompts, seeds = [MEMORIZED[3], (3, "thin")], [0, 1, 2]
+    scores, evals = score_prompts(unet, prompts, seeds)
+    assert evals == 2 * 2 * 2 * len(seeds)  # prompts x probes x (cond + uncond) x seeds
+    for (d, st), sc in zip(prompts, scores):
+        _, trace = sample(unet, encode_prompt(d, st).expand(len(seeds), -1), noise_for(seeds), GuidanceSettings(transition="off"),
+                          5.0, 50, first_step_only=True)
+        assert torch.allclose(sc["norm"], trace.norms[0], rtol=1e-5)
+        assert float(sc["alignment"].abs().max()) <= 1.0
