@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from guidance import scan as S
-from guidance import GuidanceSettings
-from guidance.combine import guidance_norm
-from guidance.transition import not_flagged
+from memsafe_cfg.guidance import scan as S
+from memsafe_cfg.guidance import GuidanceSettings
+from memsafe_cfg.guidance.combine import guidance_norm
+from memsafe_cfg.guidance.transition import not_flagged
 
 
 def test_norm_score_is_the_samplers_guidance_norm():
@@ -165,10 +165,10 @@ def test_chart_draws_the_threshold_line():
 def test_testbed_scan_eval_scores_are_the_samplers_first_step_norms():
     """testbed/scan_eval.py scores with guidance/scan.py; its norm is the first-step norm the testbed sampler measures
     (the value detect_threshold is compared with), and its alignment is a cosine."""
-    from testbed.data import MEMORIZED
-    from testbed.model import encode_prompt
-    from testbed.sampler import load_unet, noise_for, sample
-    from testbed.scan_eval import score_prompts
+    from memsafe_cfg.testbed.data import MEMORIZED
+    from memsafe_cfg.testbed.model import encode_prompt
+    from memsafe_cfg.testbed.sampler import load_unet, noise_for, sample
+    from memsafe_cfg.testbed.scan_eval import score_prompts
 
     unet = load_unet()
     prompts, seeds = [MEMORIZED[3], (3, "thin")], [0, 1, 2]
