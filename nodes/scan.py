@@ -239,22 +239,24 @@ class MemSafeMemorizationScan(io.ComfyNode):
         jobs = ([(p, "scan") for p in prompt_lines(prompts)] + [(p, "clean") for p in prompt_lines(clean_prompts)]
                 + [(p, "memorized") for p in prompt_lines(memorized_prompts)])
         t0 = time.perf_counter()
+        pbar = comfy.utils.ProgressBar(2 * len(jobs))  # encoding, then scoring
         neg = encode(clip, negative)
         conds = []
-        for text, _ in jobs:  # all text is encoded (and a prompt the encoder rejects is reported) before the model runs
+        for i, (text, _) in enumerate(jobs):  # all text is encoded (a prompt the encoder rejects fails) before the model runs
+            comfy.model_management.throw_exception_if_processing_interrupted()
             conds.append(encode(clip, text))
+            pbar.update_absolute(i + 1, 2 * len(jobs))
         zero = empty_latent(model, width, height, latent)
         ms = model.get_model_object("model_sampling")
         first, low, sched = probe_sigmas(ms, scheduler, steps, score != "norm")
         seeds = [(seed + k) % 2 ** 64 for k in range(seeds_per_prompt)]  # the seed widget's range wraps
-        pbar = comfy.utils.ProgressBar(len(jobs))
         items, calls = [], 0
         for i, ((text, kind), cond) in enumerate(zip(jobs, conds)):
             comfy.model_management.throw_exception_if_processing_interrupted()
             out, n = evaluate(model, cond, neg, zero, seeds, first, low, sched)
             calls += n
             items.append(S.PromptScore(text, out["norm"], out.get("alignment"), kind=kind))
-            pbar.update_absolute(i + 1, len(jobs))
+            pbar.update_absolute(len(jobs) + i + 1, 2 * len(jobs))
         seconds = time.perf_counter() - t0
         rate = float(false_positive_rate) if prompt_lines(clean_prompts) else None
         res = S.calibrate(items, score, rate, numel=zero[0].numel())

@@ -300,3 +300,17 @@ def test_bad_input_is_refused_at_queue_time_by_the_server(comfy_server):
         status, body = comfy_server.post("/prompt", {"prompt": bad})
         assert status == 400 and name in json.dumps(body["node_errors"][scan_id]), (key, status, body)
     assert scan["inputs"]["prompts"]
+
+
+def test_progress_bar_reaches_the_end(testbed, comfy):
+    import comfy.utils
+
+    seen, before = [], comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    try:
+        model, clip = testbed
+        run(model, clip, MEM, seeds_per_prompt=1)
+    finally:
+        comfy.utils.set_progress_bar_global_hook(before)
+    assert seen and seen[-1] == (6, 6)  # 3 prompts encoded, then 3 scored
+    assert [v for v, _ in seen] == sorted(v for v, _ in seen)
