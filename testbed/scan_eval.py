@@ -27,12 +27,11 @@ import torch
 from . import guidance
 from . import measure as M
 from .data import CLEAN, MEMORIZED, load
-from .model import encode_prompt, sigmas as model_sigmas
+from .model import encode_prompt
 from .sampler import ddim_schedule, load_unet, noise_for, sample
 
 S = guidance.scan
 G = guidance.GuidanceSettings
-SIGMAS = model_sigmas()
 
 
 def probe_points(steps: int = 50):

@@ -92,7 +92,7 @@ def test_threshold_from_clean_list_and_scan_norm_equals_the_samplers_first_step(
     chart, report, thr = run(model, clip, clean_prompts=CLEAN, false_positive_rate=0.25, seeds_per_prompt=4)
     assert thr > 0 and "detect_threshold (guidance norm" in report and "clean reference prompts" in report
     # the per-sample norm of '3 bold' equals the first-step norm the plain-torch sampler (euler + ddim_uniform) measures
-    from memsafe_cfg.nodes.scan import evaluate, probe_sigmas, seed_noise  # noqa: F401
+    from memsafe_cfg.nodes.scan import evaluate, probe_sigmas
 
     import nodes as comfy_nodes
 
