@@ -110,8 +110,9 @@ def sd15_scan_workflow():
 
 
 WORKFLOWS = {
-    "memsafe_scan_testbed": (testbed_scan_workflow, None),
-    "memsafe_scan_sd15": (sd15_scan_workflow, "rank your prompts, calibrate detect_threshold"),
+    # file stem = the title the template browser shows
+    "Memorization Scan - rank the testbed prompts, then sample with the threshold (CPU)": (testbed_scan_workflow, None),
+    "Memorization Scan - rank your prompts, calibrate detect_threshold (SD1.5)": (sd15_scan_workflow, "rank your prompts, calibrate detect_threshold"),
 }
 
 

@@ -9,6 +9,7 @@ import host
 
 pytestmark = pytest.mark.host
 MEM = "3 bold\n6 thin\n1 bold"
+TESTBED_WORKFLOW = "Memorization Scan - rank the testbed prompts, then sample with the threshold (CPU)"
 CLEAN = "3 thin\n6 bold\n1 thin\n0 thin"
 
 
@@ -213,7 +214,7 @@ def test_testbed_scan_workflow_runs_on_a_real_server(comfy_server):
 
     from workflows import problems, to_api
 
-    path = Path(__file__).resolve().parents[1] / "example_workflows" / "memsafe_scan_testbed.json"
+    path = Path(__file__).resolve().parents[1] / "example_workflows" / f"{TESTBED_WORKFLOW}.json"
     workflow = json.loads(path.read_text())
     info = comfy_server.get("/object_info")
     assert problems(workflow, info) == []
@@ -285,7 +286,7 @@ def test_bad_input_is_refused_at_queue_time_by_the_server(comfy_server):
 
     from workflows import to_api
 
-    path = Path(__file__).resolve().parents[1] / "example_workflows" / "memsafe_scan_testbed.json"
+    path = Path(__file__).resolve().parents[1] / "example_workflows" / f"{TESTBED_WORKFLOW}.json"
     workflow = json.loads(path.read_text())
     api = to_api(workflow, comfy_server.get("/object_info"))
     scan_id = next(k for k, v in api.items() if v["class_type"] == "MemSafeMemorizationScan")
