@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from memsafe_cfg.guidance import NEVER, GuidanceRun, GuidanceSettings
+from runs import evaluate, new_run
 
 torch.set_num_threads(1)
-HUGE = 999999999.9
 
 
 def live():
@@ -26,17 +26,14 @@ def live():
 
 
 def make_run(settings: GuidanceSettings, steps: int, batch: int, on_step=None) -> GuidanceRun:
-    sigmas = [float(steps - i) for i in range(steps + 1)]
-    pts = lambda p: HUGE if p <= 0 else 0.0 if p >= 1 else steps * (1.0 - p)
-    return GuidanceRun(settings, sigmas, [999.0 * s / steps for s in sigmas[:-1]], pts, on_step=on_step)
+    return new_run(settings, steps, on_step=on_step)
 
 
 def drive(run: GuidanceRun, curves: torch.Tensor, report_last: bool = True) -> None:
-    """curves [steps, B]: cond = 0 and uncond = d * sigma, so the RMS guidance norm of step i is curves[i]."""
-    steps, B = curves.shape
+    """curves [steps, B]: the guidance norm of each step's one evaluation (runs.evaluate)."""
+    steps = curves.shape[0]
     for i in range(steps):
-        sigma = torch.full((B,), run.sigmas[i])
-        run.combine(torch.zeros(B, 4, 2, 2), (curves[i] * sigma).reshape(B, 1, 1, 1).expand(B, 4, 2, 2).clone(), sigma, 7.5)
+        evaluate(run, curves[i], run.sigmas[i], shape=(4, 2, 2))
         if report_last or i < steps - 1:
             run.end_step(i)
 
