@@ -182,9 +182,8 @@ def test_importing_the_adapter_needs_no_comfyui():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    code = (f"import importlib.util, sys\nspec = importlib.util.spec_from_file_location('memsafe_cfg', {str(repo / '__init__.py')!r}, "
-            f"submodule_search_locations=[{str(repo)!r}])\nm = importlib.util.module_from_spec(spec); sys.modules['memsafe_cfg'] = m; "
-            "spec.loader.exec_module(m)\nimport memsafe_cfg.nodes.adapter, memsafe_cfg.nodes.live\n"
+    code = (f"import sys\nsys.path.insert(0, {str(repo / 'tests')!r})\nimport host\nhost.load_pack()\n"
+            "import memsafe_cfg.nodes.adapter, memsafe_cfg.nodes.live\n"
             "print(sorted(k for k in sys.modules if k.split('.')[0] in ('comfy', 'comfy_api', 'server', 'folder_paths')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env={"PYTHONPATH": "", "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr
