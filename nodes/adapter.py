@@ -210,4 +210,4 @@ def find_handle(model=None, guider=None) -> MemSafeHandle:
         if handle is not None:
             return handle
     raise ValueError("guider / model: neither input carries memorization-safe guidance; connect the GUIDER from "
-                     "'Memorization-Safe CFG Guider' or the MODEL from 'Memorization-Safe CFG (model patch)'.")
+                     "'CFG Guider (Memorization-Safe)' or the MODEL from 'CFG Model Patch (Memorization-Safe)'.")

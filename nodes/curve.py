@@ -39,8 +39,8 @@ class MemSafeGuidanceCurve(io.ComfyNode):
             inputs=[
                 io.Latent.Input("latent", tooltip="The sampler's output LATENT: orders this node after sampling and picks "
                                                   "that run's trace when the guidance served several samplers."),
-                io.Guider.Input("guider", optional=True, tooltip="The GUIDER from 'Memorization-Safe CFG Guider'."),
-                io.Model.Input("model", optional=True, tooltip="The MODEL from 'Memorization-Safe CFG (model patch)'."),
+                io.Guider.Input("guider", optional=True, tooltip="The GUIDER from 'CFG Guider (Memorization-Safe)'."),
+                io.Model.Input("model", optional=True, tooltip="The MODEL from 'CFG Model Patch (Memorization-Safe)'."),
                 io.Combo.Input("layout", options=["panels", "overlay"], default="panels",
                                tooltip="panels: one image per sample (image i pairs with latent i); overlay: all in one."),
                 io.Boolean.Input("save_trace", default=False,

@@ -13,7 +13,7 @@ class MemSafeCFGGuider(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="MemSafeCFGGuider",
-            display_name="Memorization-Safe CFG Guider",
+            display_name="CFG Guider (Memorization-Safe)",
             category=CATEGORY,
             description=f"CFG guider that avoids reproducing training images. {PAPER} Use with SamplerCustomAdvanced; "
                         "connect its GUIDER and output LATENT to 'Guidance Norm Curve' to see the switch.",

@@ -15,7 +15,7 @@ class MemSafeKSampler(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="MemSafeKSampler",
-            display_name="Memorization-Safe KSampler",
+            display_name="CFG KSampler (Memorization-Safe)",
             category=CATEGORY,
             description=f"KSampler with memorization-safe guidance and the guidance-norm curve as an IMAGE. {PAPER}",
             inputs=[

@@ -12,7 +12,7 @@ class MemSafeCFGPatch(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="MemSafeCFGPatch",
-            display_name="Memorization-Safe CFG (model patch)",
+            display_name="CFG Model Patch (Memorization-Safe)",
             category=CATEGORY,
             description=f"Patches a model with memorization-safe guidance; cfg comes from the sampler. {PAPER} "
                         "Chains with other CFG patches (the norm is measured on the raw predictions) and always runs "

@@ -1,7 +1,7 @@
 """Evaluate the Memorization Scan on the testbed: `python -m testbed.scan_eval [--json out.json]` from the repo root.
 
 The scores are guidance/scan.py's (the node's): the guidance norm at the first step of the 50-step ddim_uniform
-schedule (what the Memorization-Safe KSampler's detection measures with `euler` + `ddim_uniform`, 50 steps), and the
+schedule (what the CFG KSampler (Memorization-Safe)'s detection measures with `euler` + `ddim_uniform`, 50 steps), and the
 alignment cosine(eps_u, eps_c - eps_u) on the same noise presented at the third-to-last timestep (t = 41). The network
 runs in float32, as ComfyUI runs it on a CPU.
 

@@ -107,7 +107,7 @@ def testbed_workflow():
         {"id": 6, "type": "MemSafeKSampler", "pos": [360, 330], "size": [320, 470],
          "widgets": {**sampler, "guidance_before": 0.0, "transition": "dynamic", "switch_percent": 0.5,
                      "earliest_percent": 0.0, "latest_percent": 0.5, "detect_threshold": 0.0, "curve_layout": "panels"},
-         "inputs": wired, "title": "Memorization-Safe KSampler"},
+         "inputs": wired, "title": "CFG KSampler (Memorization-Safe)"},
         {"id": 7, "type": "MemSafeTestbedDecode", "pos": [740, 0], "size": [260, 80], "widgets": {"scale": 8},
          "inputs": {"samples": (5, 0)}, "title": "Decode (stock)"},
         {"id": 8, "type": "MemSafeTestbedDecode", "pos": [740, 330], "size": [260, 80], "widgets": {"scale": 8},

@@ -62,7 +62,7 @@ def testbed_scan_workflow():
         {"id": 4, "type": "PreviewAny", "pos": [840, 560], "size": [820, 420], "inputs": {"source": (2, 1)}, "title": "Report"},
         {"id": 5, "type": "PreviewAny", "pos": [380, 800], "size": [420, 120], "inputs": {"source": (2, 2)},
          "title": "detect_threshold (type it into a Memorization-Safe node, same scheduler and steps)"},
-        # Then sample with it: the stock text-encode path on the loader's CLIP, the Memorization-Safe KSampler.
+        # Then sample with it: the stock text-encode path on the loader's CLIP, the CFG KSampler (Memorization-Safe).
         {"id": 6, "type": "CLIPTextEncode", "pos": [0, 1000], "size": [320, 120], "widgets": {"text": "3 bold"},
          "inputs": {"clip": (1, 1)}, "title": "Prompt (stock CLIP Text Encode)"},
         {"id": 7, "type": "CLIPTextEncode", "pos": [0, 1160], "size": [320, 120], "widgets": {"text": ""},
@@ -71,7 +71,7 @@ def testbed_scan_workflow():
          "widgets": {"width": 128, "height": 128, "batch_size": 4}},
         {"id": 9, "type": "MemSafeKSampler", "pos": [380, 1000], "size": [420, 520], "widgets": sampler,
          "inputs": {"model": (1, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (8, 0)},
-         "title": "Memorization-Safe KSampler (" + SAMPLER_NOTE + ")"},
+         "title": "CFG KSampler (Memorization-Safe): " + SAMPLER_NOTE},
         {"id": 10, "type": "MemSafeTestbedDecode", "pos": [840, 1000], "size": [260, 80], "widgets": {"scale": 8},
          "inputs": {"samples": (9, 0)}},
         {"id": 11, "type": "PreviewImage", "pos": [1140, 1000], "size": [420, 280], "inputs": {"images": (10, 0)},
@@ -90,7 +90,7 @@ def sd15_scan_workflow():
          "title": "Ranked chart"},
         {"id": 4, "type": "PreviewAny", "pos": [880, 560], "size": [820, 420], "inputs": {"source": (2, 1)}, "title": "Report"},
         {"id": 5, "type": "PreviewAny", "pos": [380, 860], "size": [460, 120], "inputs": {"source": (2, 2)},
-         "title": "detect_threshold (for the Memorization-Safe KSampler with karras, 30 steps)"},
+         "title": "detect_threshold, for the CFG KSampler (Memorization-Safe) with karras, 30 steps"},
         # Then sample a flagged prompt with the threshold (0 = detection off until you type the scan's value).
         {"id": 6, "type": "CLIPTextEncode", "pos": [0, 1040], "size": [340, 140], "widgets": {"text": SD_PROMPTS[0]},
          "inputs": {"clip": (1, 1)}, "title": "Prompt (one the scan flagged)"},
@@ -102,7 +102,7 @@ def sd15_scan_workflow():
                      "guidance_before": 0.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
                      "latest_percent": 0.5, "detect_threshold": 0.0, "curve_layout": "panels"},
          "inputs": {"model": (1, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (8, 0)},
-         "title": "Memorization-Safe KSampler (" + SAMPLER_NOTE + ")"},
+         "title": "CFG KSampler (Memorization-Safe): " + SAMPLER_NOTE},
         {"id": 10, "type": "VAEDecode", "pos": [880, 1040], "inputs": {"samples": (9, 0), "vae": (1, 2)}},
         {"id": 11, "type": "SaveImage", "pos": [1120, 1040], "size": [400, 440], "widgets": {"filename_prefix": "memsafe_scan"},
          "inputs": {"images": (10, 0)}},

@@ -1,5 +1,5 @@
 """The shipped side-by-side workflow on a real ComfyUI server: the stock KSampler copies the memorized exemplar,
-the Memorization-Safe KSampler on the same seeds does not."""
+the CFG KSampler (Memorization-Safe) on the same seeds does not."""
 from __future__ import annotations
 
 import json
