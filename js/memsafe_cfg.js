@@ -30,7 +30,8 @@ function applyMode(node, resize) {
     if (!w) continue;
     const hide = !modes.includes(mode) && !linked(node, name);
     if (hide === !!w.hidden) continue;
-    w.hidden = hide;
+    w.hidden = hide;  // classic canvas, and Nodes 2.0 on front ends that read it (1.58)
+    if (w.options) w.options.hidden = hide;  // Nodes 2.0 on front ends that read the option (1.49)
     if (hide) w.computeSize = () => [0, -4];
     else delete w.computeSize;
   }
