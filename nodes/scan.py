@@ -180,8 +180,10 @@ class MemSafeMemorizationScan(io.ComfyNode):
                 io.Int.Input("seeds_per_prompt", default=8, min=1, max=256,
                              tooltip="Noise seeds per prompt; the score is their mean and the chart shows their spread. "
                                      "One cond + uncond evaluation per seed (two with 'norm + alignment')."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
-                             tooltip="First seed; the scan uses seed, seed + 1, ... for every prompt (same noise for all prompts)."),
+                io.Int.Input("first_seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="The scan uses first_seed, first_seed + 1, ... for every prompt (same noise for all "
+                                     "prompts). Not called 'seed': the front end would add a randomize-after-generate "
+                                     "control to it, and a scan must be repeatable."),
                 io.Int.Input("width", default=512, min=16, max=16384, step=8,
                              tooltip="Image width in pixels (as Empty Latent Image); ignored when a latent is connected."),
                 io.Int.Input("height", default=512, min=16, max=16384, step=8,
@@ -229,7 +231,7 @@ class MemSafeMemorizationScan(io.ComfyNode):
         return " ".join(errs) if errs else True
 
     @classmethod
-    def execute(cls, model, clip, prompts, negative, seeds_per_prompt, seed, width, height, scheduler, steps, score,
+    def execute(cls, model, clip, prompts, negative, seeds_per_prompt, first_seed, width, height, scheduler, steps, score,
                 clean_prompts="", false_positive_rate=0.05, memorized_prompts="", latent=None) -> io.NodeOutput:
         errs = check(prompts, seeds_per_prompt, clean_prompts, false_positive_rate, memorized_prompts, score)
         if errs:
@@ -249,7 +251,7 @@ class MemSafeMemorizationScan(io.ComfyNode):
         zero = empty_latent(model, width, height, latent)
         ms = model.get_model_object("model_sampling")
         first, low, sched = probe_sigmas(ms, scheduler, steps, score != "norm")
-        seeds = [(seed + k) % 2 ** 64 for k in range(seeds_per_prompt)]  # the seed widget's range wraps
+        seeds = [(first_seed + k) % 2 ** 64 for k in range(seeds_per_prompt)]  # the seed widget's range wraps
         items, calls = [], 0
         for i, ((text, kind), cond) in enumerate(zip(jobs, conds)):
             comfy.model_management.throw_exception_if_processing_interrupted()

@@ -27,7 +27,7 @@ CKPT_MODELS = [{"name": CKPT, "url": "https://huggingface.co/Comfy-Org/stable-di
 TB_MEMORIZED = [f"{d} {'bold' if d < 5 else 'thin'}" for d in range(10)]
 TB_CLEAN_SCANNED = [f"{d} bold" for d in range(5, 10)]
 TB_CLEAN_REFERENCE = [f"{d} thin" for d in range(5)]
-TESTBED_SCAN = {"prompts": "\n".join(TB_MEMORIZED + TB_CLEAN_SCANNED), "negative": "", "seeds_per_prompt": 8, "seed": 0,
+TESTBED_SCAN = {"prompts": "\n".join(TB_MEMORIZED + TB_CLEAN_SCANNED), "negative": "", "seeds_per_prompt": 8, "first_seed": 0,
                 "width": 128, "height": 128, "scheduler": "ddim_uniform", "steps": 50, "score": "norm",
                 "clean_prompts": "\n".join(TB_CLEAN_REFERENCE), "false_positive_rate": 0.05, "memorized_prompts": ""}
 # SD1.5: a user's list, to be replaced with your own (a fine-tune's training captions; or the memorized / clean SD
@@ -40,7 +40,7 @@ SD_CLEAN = ["a photo of a dog playing in a park", "a bowl of fruit on a kitchen 
             "a city street at night in the rain", "a portrait of an old man with a beard, oil painting",
             "a mountain lake at sunrise", "a small wooden boat on a calm sea", "a cat sleeping on a sofa",
             "a plate of pasta with tomato sauce"]
-SD_SCAN = {"prompts": "\n".join(SD_PROMPTS), "negative": "", "seeds_per_prompt": 4, "seed": 0, "width": 512, "height": 512,
+SD_SCAN = {"prompts": "\n".join(SD_PROMPTS), "negative": "", "seeds_per_prompt": 4, "first_seed": 0, "width": 512, "height": 512,
            "scheduler": "karras", "steps": 30, "score": "norm", "clean_prompts": "\n".join(SD_CLEAN),
            "false_positive_rate": 0.05, "memorized_prompts": ""}
 

@@ -38,7 +38,7 @@ def node():
 
 
 def run(model, clip, prompts=MEM, **kw):
-    args = dict(negative="", seeds_per_prompt=3, seed=0, width=128, height=128, scheduler="ddim_uniform", steps=50, score="norm")
+    args = dict(negative="", seeds_per_prompt=3, first_seed=0, width=128, height=128, scheduler="ddim_uniform", steps=50, score="norm")
     args.update(kw)
     out = node().execute(model, clip, prompts, **args)
     return tuple(out.args if hasattr(out, "args") else out.result)
