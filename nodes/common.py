@@ -46,7 +46,7 @@ def guidance_inputs() -> list:
         io.Float.Input("latest_percent", default=_D.latest_percent, **pct,
                        tooltip="dynamic only: a sample with no local minimum by this percent switches here (never left "
                                "unguided to the end). Must be >= earliest_percent."),
-        io.Float.Input("detect_threshold", default=_D.detect_threshold, min=0.0, max=1000.0, step=0.01,
+        io.Float.Input("detect_threshold", default=_D.detect_threshold, min=0.0, max=1000.0, step=0.001, round=0.00001,
                        tooltip="0 disables detection. Otherwise a sample whose first-step guidance norm is below this is "
                                "judged not memorized and gets plain CFG from step 1; the others get the transition. "
                                + NORM_NOTE),
