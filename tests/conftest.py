@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported (host imports it)
-from host import load_module, load_pack  # noqa: E402
+from host import import_comfy, load_module, load_pack  # noqa: E402
 
 COMFYUI_PATH = os.environ.get("COMFYUI_PATH", "")
 HOST_MISSING = "HOST TESTS SKIPPED: COMFYUI_PATH is unset or not a ComfyUI checkout; set it to run the real-ComfyUI tier."
@@ -28,6 +28,14 @@ def load_test_module(name: str):
 
 def host_available() -> bool:
     return bool(COMFYUI_PATH) and (Path(COMFYUI_PATH) / "comfy" / "samplers.py").is_file()
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """ComfyUI's ``comfy`` package, imported from COMFYUI_PATH on the CPU (``host.import_comfy``)."""
+    if not host_available():
+        pytest.skip(HOST_MISSING)
+    return import_comfy()
 
 
 @pytest.fixture(scope="session")

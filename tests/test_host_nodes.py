@@ -13,15 +13,6 @@ GUIDANCE = dict(guidance_before=-2.0, transition="dynamic", switch_percent=0.5, 
 
 
 @pytest.fixture(scope="module")
-def comfy():
-    host.import_comfy()
-    import comfy.sample
-    import comfy.samplers
-
-    return comfy
-
-
-@pytest.fixture(scope="module")
 def eps_model(comfy):
     return host.tiny_eps_model()
 

@@ -14,16 +14,6 @@ CLEAN = "3 thin\n6 bold\n1 thin\n0 thin"
 
 
 @pytest.fixture(scope="module")
-def comfy():
-    host.import_comfy()
-    import comfy.model_management
-    import comfy.sample
-    import comfy.samplers
-
-    return comfy
-
-
-@pytest.fixture(scope="module")
 def testbed(comfy):
     from memsafe_cfg.nodes.testbed import MemSafeTestbedLoader
 
