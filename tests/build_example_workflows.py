@@ -17,15 +17,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from workflows import build
+from workflows import CKPT, EXAMPLES as OUT, write_examples
 
-OUT = Path(__file__).resolve().parents[1] / "example_workflows"
 HELP_IMAGES = OUT.parent / "js" / "docs"
-CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
-# The download the front end offers when the checkpoint is missing, in the format of ComfyUI's own templates
-# (properties.models on the loader: name, url, directory); the same file ComfyUI's default graph names.
-CKPT_MODELS = [{"name": CKPT, "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/" + CKPT,
-                "directory": "checkpoints"}]
 PROMPT = "the great wave off kanagawa by hokusai"  # a famous, much-duplicated image: a good prompt to watch the curve on
 NEGATIVE = ""
 GUIDANCE = {"guidance_before": -2.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
@@ -137,12 +131,7 @@ TESTBED_STEM = "Testbed - stock CFG copies, Memorization-Safe does not (CPU)"
 
 
 def write_workflows(object_info: dict) -> None:
-    for name, (make, _) in WORKFLOWS.items():
-        workflow = build(make(), object_info)
-        for node in workflow["nodes"]:
-            if node["type"] == "CheckpointLoaderSimple":
-                node["properties"]["models"] = CKPT_MODELS
-        (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+    write_examples(WORKFLOWS, object_info)
 
 
 def testbed_run():

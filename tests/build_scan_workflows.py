@@ -1,5 +1,5 @@
-"""Build the Memorization Scan example workflows (issue 13), the same way tests/build_example_workflows.py builds the
-others (tests/workflows.build over /object_info); to be merged into that generator.
+"""Build the Memorization Scan example workflows (issue 13) with tests/build_example_workflows.py's writer
+(``workflows.write_examples`` over the floor host's /object_info); this file holds their graphs and thumbnails.
 
     python tests/build_scan_workflows.py OBJECT_INFO.json         # the two workflow JSONs
     python tests/build_scan_workflows.py --serve                  # same, /object_info from a server started at COMFYUI_PATH
@@ -13,14 +13,10 @@ import os
 import sys
 from pathlib import Path
 
-from workflows import build
+from workflows import CKPT, EXAMPLES as OUT, write_examples
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "example_workflows"
+REPO = OUT.parent
 HELP_IMAGES = REPO / "js" / "docs"
-CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
-CKPT_MODELS = [{"name": CKPT, "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/" + CKPT,
-                "directory": "checkpoints"}]
 
 # The testbed: scan the 10 memorized prompts and the clean prompts of digits 5-9; the clean prompts of digits 0-4 are
 # the clean reference list (prompt-disjoint from the scanned ones).
@@ -117,13 +113,7 @@ WORKFLOWS = {
 
 
 def write_workflows(object_info: dict) -> None:
-    for name, (make, _) in WORKFLOWS.items():
-        workflow = build(make(), object_info)
-        for node in workflow["nodes"]:
-            if node["type"] == "CheckpointLoaderSimple":
-                node["properties"]["models"] = CKPT_MODELS
-        (OUT / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
-        print(f"wrote example_workflows/{name}.json")
+    write_examples(WORKFLOWS, object_info)
 
 
 def run_testbed_scan():

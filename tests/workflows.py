@@ -2,7 +2,16 @@
 it into the API format that /prompt takes. Used by the tests and to (re)build example_workflows/."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
+# The download the front end offers when the checkpoint is missing, in the format of ComfyUI's own templates
+# (properties.models on the loader: name, url, directory); the same file ComfyUI's default graph names.
+CKPT_MODELS = [{"name": CKPT, "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/" + CKPT,
+                "directory": "checkpoints"}]
 FILE_COMBOS = {("CheckpointLoaderSimple", "ckpt_name"), ("UNETLoader", "unet_name")}
 
 
@@ -139,3 +148,15 @@ def to_api(workflow: dict, object_info: dict) -> dict:
                 inputs[i["name"]] = [str(src), slot]
         prompt[str(n["id"])] = {"class_type": n["type"], "inputs": inputs}
     return prompt
+
+
+def write_examples(graphs: dict, object_info: dict) -> None:
+    """example_workflows/<title>.json for each ``{title: (make_spec, ...)}``: built against ``object_info`` (use the
+    floor host's, 0.3.64), checkpoint loaders carrying the download the front end offers when the file is missing."""
+    for name, (make, *_) in graphs.items():
+        workflow = build(make(), object_info)
+        for node in workflow["nodes"]:
+            if node["type"] == "CheckpointLoaderSimple":
+                node["properties"]["models"] = CKPT_MODELS
+        (EXAMPLES / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
+        print(f"wrote example_workflows/{name}.json")
