@@ -19,7 +19,7 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..guidance import scan as S
-from .common import CATEGORY, NORM_NOTE, PAPER
+from .common import CATEGORY, NORM_NOTE, PAPER, schema_extras
 
 log = logging.getLogger(__name__)
 ALIGN_STEPS = 50  # Asthana and Belagiannis: the third-to-last timestep of a 50-step schedule
@@ -158,6 +158,10 @@ def empty_latent(model, width: int, height: int, latent=None) -> torch.Tensor:
     return comfy.sample.fix_empty_latent_channels(model, torch.zeros([1, 4, height // 8, width // 8]))
 
 
+SCAN_ALIASES = ["memorization", "memorized", "copy", "training data", "regurgitation", "audit", "detect memorization",
+                "fine-tune audit", "detect_threshold", "wen", "memsafe"]
+
+
 class MemSafeMemorizationScan(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -221,6 +225,7 @@ class MemSafeMemorizationScan(io.ComfyNode):
                                 "detect_threshold (same scheduler and steps)."),
             ],
             is_output_node=True,
+            **schema_extras(search_aliases=SCAN_ALIASES),
         )
 
     @classmethod

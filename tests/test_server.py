@@ -14,7 +14,7 @@ from workflows import problems
 
 pytestmark = pytest.mark.host
 REPO = Path(__file__).resolve().parents[1]
-NODE_IDS = ["MemSafeCFGGuider", "MemSafeKSampler", "MemSafeCFGPatch", "MemSafeGuidanceCurve"]
+NODE_IDS = ["MemSafeCFGGuider", "MemSafeKSampler", "MemSafeCFGPatch", "MemSafeGuidanceCurve", "MemSafeMemorizationScan"]
 WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 
 
