@@ -10,7 +10,7 @@ from PIL import Image
 
 from memsafe_cfg.guidance import GuidanceRun, GuidanceSettings, Trace, render_curves
 from memsafe_cfg.guidance import render
-from runs import CFG, drive, dynamic, linear_pts
+from runs import drive, dynamic, linear_pts
 
 torch.set_num_threads(1)
 CURVE = [5, 4, 3, 4, 5, 2, 1, 2, 3, 4]  # first minimum at step 2 -> switch at step 3

@@ -4,7 +4,6 @@ Host-free: only the ``guidance`` core, driven with synthetic cond/uncond tensors
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
