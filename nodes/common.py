@@ -12,6 +12,9 @@ PAPER = ('Jain et al., "Classifier-Free Guidance inside the Attraction Basin May
          "guidance inside the attraction basin copies training images; hold it off until the trajectory leaves.")
 NORM_NOTE = ("The guidance norm is the per-sample RMS of (uncond_denoised - cond_denoised) / sigma: the paper's "
              "||eps_c - eps_u|| for eps and v models (up to a constant), the velocity difference for flow models.")
+DENOISED_NOTE = ("Also draw d x sigma, the denoised-space difference RMS(x0_cond - x0_uncond), beside the norm: on small "
+                 "models the eps-space norm is dominated by the noise level and this shows the basin exit; the switch "
+                 "still uses the norm (the paper's quantity).")
 TRACE = io.Custom("MEMSAFE_TRACE")
 GUIDANCE_NAMES = ("guidance_before", "transition", "switch_percent", "earliest_percent", "latest_percent", "detect_threshold")
 _D = GuidanceSettings()

@@ -8,7 +8,7 @@ from comfy_api.latest import io, ui
 
 from ..guidance import render_curves
 from .adapter import find_handle
-from .common import CATEGORY, PAPER, SEARCH_ALIASES, TRACE, schema_extras
+from .common import CATEGORY, DENOISED_NOTE, PAPER, SEARCH_ALIASES, TRACE, schema_extras
 
 
 def write_trace(trace, filename_prefix: str) -> str:
@@ -47,10 +47,13 @@ class MemSafeGuidanceCurve(io.ComfyNode):
                                  tooltip="Also save the trace (.safetensors, settings in its metadata) under the output folder."),
                 io.String.Input("filename_prefix", default="memsafe/trace",
                                 tooltip="Where the trace goes, relative to ComfyUI's output folder."),
+                io.Boolean.Input("show_denoised", default=False, optional=True,
+                                 tooltip=DENOISED_NOTE + " The image is then twice as wide: norm left, d x sigma right."),
             ],
             outputs=[io.Image.Output(display_name="curve",
                                      tooltip="The guidance-norm curve of the run that produced this latent: the shaded "
-                                             "part is before the switch, the diamond marks each sample's switch step."),
+                                             "part is before the switch, the diamond marks each sample's switch step; with "
+                                             "show_denoised, d x sigma is drawn to the right of it."),
                      TRACE.Output(display_name="trace",
                                   tooltip="Per step and sample: sigmas, timesteps, guidance norms, applied scales, switch "
                                           "steps, detection flags and the settings.")],
@@ -59,9 +62,9 @@ class MemSafeGuidanceCurve(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, latent, layout, save_trace, filename_prefix, guider=None, model=None) -> io.NodeOutput:
+    def execute(cls, latent, layout, save_trace, filename_prefix, guider=None, model=None, show_denoised=False) -> io.NodeOutput:
         trace = find_handle(model=model, guider=guider).trace_for(latent["samples"])
         if save_trace:
             write_trace(trace, filename_prefix)
-        curve = render_curves(trace, layout)
+        curve = render_curves(trace, layout, denoised=show_denoised)
         return io.NodeOutput(curve, trace, ui=ui.PreviewImage(curve, cls=cls))

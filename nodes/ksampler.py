@@ -7,7 +7,8 @@ from comfy_api.latest import io, ui
 
 from ..guidance import render_curves
 from .adapter import patch_model
-from .common import CATEGORY, SEARCH_ALIASES, node_id, PAPER, TRACE, guidance_inputs, schema_extras, settings_from, validate
+from .common import (CATEGORY, DENOISED_NOTE, SEARCH_ALIASES, node_id, PAPER, TRACE, guidance_inputs, schema_extras,
+                     settings_from, validate)
 
 
 class MemSafeKSampler(io.ComfyNode):
@@ -35,11 +36,14 @@ class MemSafeKSampler(io.ComfyNode):
                 *guidance_inputs(),
                 io.Combo.Input("curve_layout", options=["panels", "overlay"], default="panels", optional=True,
                                tooltip="panels: one curve image per sample (image i pairs with latent i); overlay: one image."),
+                io.Boolean.Input("curve_denoised", default=False, optional=True,
+                                 tooltip=DENOISED_NOTE + " The curve image is then twice as wide: norm left, d x sigma right."),
             ],
             outputs=[io.Latent.Output(display_name="LATENT", tooltip="The denoised latent (decode it with VAE Decode)."),
                      io.Image.Output(display_name="curve",
                                      tooltip="The guidance-norm curve, one panel per sample (image i pairs with latent i): "
-                                             "the shaded part is before the switch, the diamond marks the switch step."),
+                                             "the shaded part is before the switch, the diamond marks the switch step; with "
+                                             "curve_denoised, d x sigma is drawn to the right of it."),
                      TRACE.Output(display_name="trace",
                                   tooltip="Per step and sample: sigmas, timesteps, guidance norms, applied scales, switch "
                                           "steps, detection flags and the settings (the curve node can save it).")],
@@ -53,10 +57,10 @@ class MemSafeKSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, seed, steps, cfg, sampler_name, scheduler, positive, negative, latent_image, denoise=1.0,
-                curve_layout="panels", **guidance) -> io.NodeOutput:
+                curve_layout="panels", curve_denoised=False, **guidance) -> io.NodeOutput:
         patched, handle = patch_model(model, settings_from(guidance), node_id=node_id(cls))
         (latent,) = comfy_nodes.common_ksampler(patched, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                                 latent_image, denoise=denoise)
         trace = handle.trace_for(latent["samples"])
-        curve = render_curves(trace, curve_layout)
+        curve = render_curves(trace, curve_layout, denoised=curve_denoised)
         return io.NodeOutput(latent, curve, trace, ui=ui.PreviewImage(curve, cls=cls))

@@ -1,4 +1,5 @@
-"""Trace save/load through .safetensors and the curve renderer (shape, determinism, marker, shade, threshold)."""
+"""Trace save/load through .safetensors and the curve renderer (shape, determinism, marker, shade, threshold, and the
+d x sigma plot beside the norm)."""
 from __future__ import annotations
 
 import dataclasses
@@ -65,8 +66,11 @@ def u8(img: torch.Tensor) -> np.ndarray:
     return (img.numpy() * 255).round().astype(np.uint8)
 
 
-def axes(trace: Trace, group) -> render._Axes:
-    return render._Axes(trace.steps, render._ymax(trace, group))
+def axes(trace: Trace, group, values=None, thr=None) -> render._Axes:
+    """The renderer's axes for these samples: the norm plot's, or those of ``values`` with threshold ``thr``."""
+    if values is None:
+        values, thr = trace.norms, trace.settings.detect_threshold
+    return render._Axes(trace.steps, render._ymax(trace, group, values, thr))
 
 
 def full_columns(img: np.ndarray, color, ax) -> list[int]:
@@ -192,3 +196,66 @@ def test_render_empty_and_unvisited():
     holes.norms[1::2] = float("nan")
     out = render_curves(holes)
     assert out.shape == (1, render.HEIGHT, render.WIDTH, 3) and torch.isfinite(out).all()
+
+
+# ---- d x sigma beside the norm (denoised=True) ----
+
+def with_holes(trace: Trace, unvisited=(2,), sigma_zero=(5,)) -> Trace:
+    """``trace`` with NaN norms at the unvisited steps and sigma 0 at the ``sigma_zero`` steps."""
+    norms, sigmas, visited = trace.norms.clone(), trace.sigmas.clone(), trace.visited.clone()
+    norms[list(unvisited)], visited[list(unvisited)], sigmas[list(sigma_zero)] = float("nan"), False, 0.0
+    return dataclasses.replace(trace, norms=norms, sigmas=sigmas, visited=visited)
+
+
+def test_denoised_series_is_norm_times_sigma_nan_where_unvisited_or_sigma_zero():
+    trace = drive([CURVE, CURVE[::-1]], dynamic())
+    series = render.denoised_series(trace)
+    assert series.shape == (10, 2) and torch.equal(series, trace.norms * trace.sigmas[:10, None])
+    assert series[:, 0].tolist() == [d * (10 - i) for i, d in enumerate(CURVE)]  # schedule(10): sigma_i = 10 - i
+    holed = render.denoised_series(with_holes(trace))
+    assert torch.isnan(holed[[2, 5]]).all()
+    keep = [i for i in range(10) if i not in (2, 5)]
+    assert torch.equal(holed[keep], series[keep])
+    assert torch.isnan(render.denoised_series(dataclasses.replace(trace, sigmas=torch.zeros(11)))).all()
+
+
+@pytest.mark.parametrize("layout", ["panels", "overlay"])
+def test_denoised_false_is_the_default_and_the_left_half_of_true(layout):
+    trace = drive([CURVE, CURVE[::-1], [2.0] * 10], dynamic(detect_threshold=1.0))
+    plain = render_curves(trace, layout)
+    assert torch.equal(render_curves(trace, layout, denoised=False), plain)
+    both = render_curves(trace, layout, denoised=True)
+    assert both.shape == (plain.shape[0], render.HEIGHT, 2 * render.WIDTH, 3)
+    assert torch.equal(both[:, :, :render.WIDTH], plain)  # the norm plot is untouched
+    assert not torch.equal(both[:, :, render.WIDTH:], plain)
+
+
+def test_denoised_plot_draws_norm_times_sigma_with_shade_and_diamond():
+    trace = drive([CURVE], dynamic(detect_threshold=1.0))
+    series, color = render.denoised_series(trace), render.COLORS[0]
+    ax = axes(trace, [0], series, 0.0)
+    img = u8(render_curves(trace, denoised=True)[0])
+    right = img[:, render.WIDTH:]
+    for i in range(trace.steps):  # every point of d x sigma is drawn where norms * sigmas puts it
+        x, y = int(round(ax.x(i))), int(round(ax.y(float(series[i, 0]))))
+        assert colour_mask(right[y - 2:y + 3, max(x - 2, 0):x + 3], color).any(), i
+    bare = u8(render_curves(dataclasses.replace(trace, switch_step=torch.tensor([-1])), denoised=True)[0])
+    step = int(trace.switch_step[0])
+    assert diamond(right, bare[:, render.WIDTH:], color, ax.x(step), ax.y(float(series[step, 0])))
+    shade = colour_mask(right, render.SHADE)
+    assert shade[:, :int(ax.x(step)) - 1].sum() > 1000 and shade[:, int(ax.x(step)) + 2:].sum() == 0
+    assert colour_mask(right, (120, 120, 120)).sum() < 10  # no detect-threshold line: it is in norm units
+
+
+def test_denoised_skips_unvisited_and_sigma_zero_steps():
+    trace = with_holes(drive([CURVE], dynamic()))
+    out = render_curves(trace, denoised=True)
+    assert out.shape == (1, render.HEIGHT, 2 * render.WIDTH, 3) and torch.isfinite(out).all()
+    right = u8(out[0])[:, render.WIDTH:]
+    ax = axes(trace, [0], render.denoised_series(trace), 0.0)
+    x, y = int(round(ax.x(5))), int(round(ax.y(0.0)))  # sigma 0 at step 5 would put a point at 0
+    assert not colour_mask(right[y - 3:y + 1, x - 1:x + 2], render.COLORS[0]).any()
+    flat = dataclasses.replace(trace, sigmas=torch.zeros(11), switch_step=torch.tensor([-1]))  # no crash, no curve
+    assert not colour_mask(u8(render_curves(flat, denoised=True)[0])[:, render.WIDTH:], render.COLORS[0]).any()
+    empty = GuidanceRun(dynamic(), [3.0, 2.0, 1.0, 0.0], [3.0, 2.0, 1.0], linear_pts(3)).finish()
+    assert render_curves(empty, "overlay", denoised=True).shape == (1, render.HEIGHT, 2 * render.WIDTH, 3)

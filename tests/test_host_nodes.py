@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import host
+from memsafe_cfg.guidance import render_curves
 
 pytestmark = pytest.mark.host
 
@@ -115,6 +116,10 @@ def test_ksampler_returns_latent_curve_and_trace(comfy, eps_model):
     assert curve.shape[0] == 3 and curve.shape[-1] == 3 and curve.dtype == torch.float32
     assert trace.batch == 3 and trace.steps == 4 and trace.visited.all()
     assert ((trace.switch_step >= 0) & (trace.switch_step <= 3)).all()
+    wide = KSampler.execute(eps_model, 0, 4, 7.5, "euler", "normal", pos, neg, {"samples": torch.zeros(3, 4, 8, 8)}, 1.0,
+                            "overlay", True, **settings(latest_percent=0.5)).result[1]
+    assert wide.shape == (1, curve.shape[1], 2 * curve.shape[2], 3)  # curve_denoised: d x sigma beside the norm
+    assert torch.equal(wide[0, :, :curve.shape[2]], render_curves(trace, "overlay")[0])
 
 
 @pytest.mark.parametrize("mode", ["guider", "patch"])
@@ -189,6 +194,9 @@ def test_curve_node_renders_trace_of_its_latent(comfy, eps_model, tmp_path, monk
     curve, trace = res.result
     assert trace.steps == 4 and curve.shape[0] == 2
     assert Curve.execute({"samples": second}, "overlay", False, "x", guider=g).result[1].steps == 6
+    wide, again = Curve.execute({"samples": first}, "panels", False, "x", guider=g, show_denoised=True).result
+    assert wide.shape == (2, curve.shape[1], 2 * curve.shape[2], 3) and torch.equal(wide[:, :, :curve.shape[2]], curve)
+    assert torch.equal(wide, render_curves(again, "panels", denoised=True))
     saved = list((tmp_path / "memsafe").glob("trace_*.safetensors"))
     assert len(saved) == 1
     from memsafe_cfg.guidance import Trace

@@ -36,6 +36,10 @@ def test_object_info_lists_the_nodes_with_tooltips_and_paper(object_info):
         assert all(g in object_info[node_id]["input"]["required"] for g in guidance), node_id
     assert object_info["MemSafeKSampler"]["output"] == ["LATENT", "IMAGE", "MEMSAFE_TRACE"]
     assert object_info["MemSafeCFGGuider"]["input"]["required"]["cfg"][1]["default"] == 7.5
+    for node_id, name in (("MemSafeGuidanceCurve", "show_denoised"), ("MemSafeKSampler", "curve_denoised")):
+        spec = object_info[node_id]["input"]["optional"][name]  # optional: saved prompts without it still queue
+        assert spec[0] == "BOOLEAN" and spec[1]["default"] is False and "d x sigma" in spec[1]["tooltip"], node_id
+        assert object_info[node_id]["input_order"]["optional"][-1] == name, node_id  # appended: old widgets_values load
 
 
 def test_workflow_templates_list_and_serve_the_examples(comfy_server):
