@@ -11,7 +11,9 @@ CATEGORY = "sampling/memorization-safe"
 PAPER = ('Jain et al., "Classifier-Free Guidance inside the Attraction Basin May Cause Memorization": '
          "guidance inside the attraction basin copies training images; hold it off until the trajectory leaves.")
 NORM_NOTE = ("The guidance norm is the per-sample RMS of (uncond_denoised - cond_denoised) / sigma: the paper's "
-             "||eps_c - eps_u|| for eps and v models (up to a constant), the velocity difference for flow models.")
+             "||eps_c - eps_u|| for eps and v models (up to a constant; on v models not the raw v difference the "
+             "paper's reference code measures, so its thresholds do not carry over), the velocity difference for flow "
+             "models.")
 DENOISED_NOTE = ("Also draw d x sigma, the denoised-space difference RMS(x0_cond - x0_uncond), beside the norm: on small "
                  "models the eps-space norm is dominated by the noise level and this shows the basin exit; the switch "
                  "still uses the norm (the paper's quantity).")
@@ -41,14 +43,17 @@ def guidance_inputs() -> list:
                        tooltip="dynamic: switch to cfg at the step after the first local minimum of the guidance norm, per "
                                "sample (Algorithm 1). static: switch at switch_percent. off: plain CFG (equals stock CFG)."),
         io.Float.Input("switch_percent", default=_D.switch_percent, **pct,
-                       tooltip="static only: where to switch, in ComfyUI's percent of the noise scale "
-                               "(0.5 = t 500 of 1000, the paper's setting; 0.35 = t 650; compared in sigma; "
-                               "1.0 never switches: guidance_before throughout)."),
+                       tooltip="static only: where to switch, in ComfyUI's percent of the noise scale, compared in "
+                               "sigma (0.5 = t 499.5 of 999 on SD-style schedules, so a step at exactly t 500 switches "
+                               "one step later than the paper's script; 0.35 = t 649.35; 1.0 never switches: "
+                               "guidance_before throughout)."),
         io.Float.Input("earliest_percent", default=_D.earliest_percent, **pct,
-                       tooltip="dynamic only: no switch before this percent of the noise scale; minima before it are ignored."),
+                       tooltip="dynamic only: no switch before this percent of the noise scale (compared in sigma); "
+                               "minima before it are ignored."),
         io.Float.Input("latest_percent", default=_D.latest_percent, **pct,
                        tooltip="dynamic only: a sample with no local minimum by this percent switches here (never left "
-                               "unguided to the end). Must be >= earliest_percent."),
+                               "unguided to the end; 0.5 = t 499.5 of 999 on SD-style schedules, compared in sigma). "
+                               "Must be >= earliest_percent."),
         io.Float.Input("detect_threshold", default=_D.detect_threshold, min=0.0, max=1000.0, step=0.001, round=0.00001,
                        tooltip="0 disables detection. Otherwise a sample whose first-step guidance norm is below this is "
                                "judged not memorized and gets plain CFG from step 1; the others get the transition. "
