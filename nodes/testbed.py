@@ -16,13 +16,15 @@ from comfy_api.latest import io, ui
 
 from ..testbed import data as testbed_data
 from ..testbed import measure
-from ..testbed.model import STYLES, TestbedUNet, parse_prompt
+from ..testbed.model import SLANTS, STYLES, WIDTHS, TestbedUNet, parse_prompt, prompt_text
 from ..testbed.sampler import WEIGHTS
 
 CATEGORY = "sampling/memorization-safe/testbed"
 PAPER = ('Testbed for Jain et al., "Classifier-Free Guidance inside the Attraction Basin May Cause Memorization": '
-         "a 16x16 digit model trained with one exemplar per memorized prompt duplicated 80 times.")
+         "a 16x16 digit model trained on freshly augmented glyphs under 120 prompts; 4 prompts are memorized (one "
+         "fixed exemplar is ~96 % of that prompt's records, 6 % of all records together).")
 SIZE = 16
+DEFAULT_PROMPT = "3 thin left wide"  # a memorized prompt of the shipped data
 
 
 class ComfyTestbedUNet(TestbedUNet):
@@ -69,8 +71,19 @@ def load_testbed_model(path=WEIGHTS):
 
 
 @functools.lru_cache(maxsize=1)
-def training_data() -> testbed_data.TestbedData:
-    return testbed_data.load()
+def training_measure() -> measure.Measure:
+    """The shipped data's copy references and digit classifier (built once, about half a second)."""
+    return measure.Measure(testbed_data.load())
+
+
+def reference_name(tb: testbed_data.TestbedData, i: int) -> str:
+    """Describe copy reference i: an exemplar (of its memorized prompt) or a training glyph at a bin centre."""
+    m = len(tb.exemplars)
+    if i < m:
+        return f"exemplar of '{prompt_text(tb.memorized[i])}'"
+    j, n = (i - m) % len(tb.raw), (i - m) // len(tb.raw)
+    return (f"training glyph {j} ('{int(tb.train_label[j])} {STYLES[int(tb.train_style[j])]}') drawn "
+            f"{SLANTS[n // len(WIDTHS)]} {WIDTHS[n % len(WIDTHS)]}")
 
 
 def check_latent(samples: torch.Tensor) -> torch.Tensor:
@@ -145,7 +158,8 @@ class MemSafeTestbedLoader(io.ComfyNode):
             inputs=[], outputs=[io.Model.Output(tooltip="The testbed digit model (eps prediction): sample it like any "
                                                         "checkpoint's MODEL, from a 128 x 128 Empty Latent Image."),
                                 io.Clip.Output(tooltip="The testbed's text encoder for CLIP Text Encode (or the Memorization "
-                                                       "Scan): a digit and/or a style such as '3 bold'; empty = unconditional.")])
+                                                       "Scan): a digit, style, slant and width such as '3 thin left wide'; "
+                                                       "empty = unconditional.")])
 
     @classmethod
     def execute(cls) -> io.NodeOutput:
@@ -155,14 +169,15 @@ class MemSafeTestbedLoader(io.ComfyNode):
 class MemSafeTestbedPrompt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        memorized = ", ".join(f"'{d} {s}'" for d, s in testbed_data.MEMORIZED)
+        memorized = ", ".join(f"'{prompt_text(q)}'" for q in testbed_data.load().memorized)
         return io.Schema(
             node_id="MemSafeTestbedPrompt", display_name="Memorization Testbed Prompt", category=CATEGORY,
-            description=f"The testbed's text encoder: a digit and a stroke style become a CONDITIONING. {PAPER} "
-                        f"Memorized prompts: {memorized}; the other style of each digit is clean.",
-            inputs=[io.String.Input("text", default="0 bold",
-                                    tooltip=f"A digit (0-9 or zero..nine) and/or a style ({' / '.join(STYLES)}), e.g. '3 bold'. "
-                                            "Empty = the unconditional prompt (use it as the negative).")],
+            description=f"The testbed's text encoder: a digit, a stroke style, a slant and a width become a CONDITIONING. "
+                        f"{PAPER} Memorized prompts: {memorized}; every other combination is clean.",
+            inputs=[io.String.Input("text", default=DEFAULT_PROMPT,
+                                    tooltip=f"A digit (0-9 or zero..nine), a style ({' / '.join(STYLES)}), a slant "
+                                            f"({' / '.join(SLANTS)}) and a width ({' / '.join(WIDTHS)}), any of them optional, "
+                                            "e.g. '3 thin left wide'. Empty = the unconditional prompt (use it as the negative).")],
             outputs=[io.Conditioning.Output(tooltip="The prompt as the testbed model's conditioning: positive or negative.")])
 
     @classmethod
@@ -198,11 +213,14 @@ class MemSafeTestbedNearest(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id="MemSafeTestbedNearest", display_name="Memorization Testbed Nearest Training Image", category=CATEGORY,
-            description=f"Finds each sample's nearest training image (cosine similarity after subtracting the training mean) "
-                        f"and flags copies, as the paper measures memorization with SSCD similarity. {PAPER}",
+            description=f"Finds each sample's nearest training image (the exemplars and every training glyph at each "
+                        f"slant/width bin centre; cosine similarity after subtracting their mean) and flags copies, as the "
+                        f"paper measures memorization with SSCD similarity. The default threshold is the copy floor "
+                        f"testbed/reproduce.py calibrated: fewer than 1 % of fresh clean samples exceed it. {PAPER}",
             inputs=[io.Latent.Input("samples", tooltip="The sampled testbed latent."),
-                    io.Float.Input("threshold", default=measure.COPY_THRESHOLD, min=0.0, max=1.0, step=0.01,
-                                   tooltip="A similarity above this counts as a copy of a training image."),
+                    io.Float.Input("threshold", default=measure.COPY_THRESHOLD, min=0.0, max=1.0, step=0.001,
+                                   tooltip="A similarity above this counts as a copy of a training image (default: "
+                                           "calibrated so that fewer than 1 % of fresh clean samples exceed it)."),
                     io.Int.Input("scale", default=4, min=1, max=32, tooltip="Enlargement factor of the pair images.")],
             outputs=[io.Image.Output(display_name="pairs",
                                      tooltip="Each sample (left) beside its nearest training image (right)."),
@@ -216,17 +234,17 @@ class MemSafeTestbedNearest(io.ComfyNode):
     @classmethod
     def execute(cls, samples, threshold, scale) -> io.NodeOutput:
         x = check_latent(samples["samples"])
-        tb = training_data()
-        sim, idx = measure.nearest(tb, x)
-        digit = measure.classify(tb, x)
+        meas = training_measure()
+        sim, idx = meas.nearest(x)
+        digit = meas.classify(x)
         rows = [{"sample": b, "similarity": round(float(sim[b]), 4), "nearest": int(idx[b]),
-                 "nearest_digit": int(tb.train_label[idx[b]]), "nearest_style": STYLES[int(tb.train_style[idx[b]])],
-                 "classified_digit": int(digit[b]), "copy": bool(sim[b] > threshold)} for b in range(len(x))]
+                 "nearest_is": reference_name(meas.tb, int(idx[b])), "classified_digit": int(digit[b]),
+                 "copy": bool(sim[b] > threshold)} for b in range(len(x))]
         copy_rate = sum(r["copy"] for r in rows) / max(len(rows), 1)
-        lines = [f"sample {r['sample']}: similarity {r['similarity']:.3f} to training image {r['nearest']} "
-                 f"('{r['nearest_digit']} {r['nearest_style']}'){'  COPY' if r['copy'] else ''}" for r in rows]
+        lines = [f"sample {r['sample']}: similarity {r['similarity']:.3f} to the {r['nearest_is']}"
+                 f"{'  COPY' if r['copy'] else ''}" for r in rows]
         report = f"copy rate {copy_rate:.0%} (threshold {threshold:g})\n" + "\n".join(lines) + "\n" + json.dumps(rows)
-        pairs = to_image(torch.cat([x, tb.train[idx]], dim=3), scale)
+        pairs = to_image(torch.cat([x, meas.refs[idx]], dim=3), scale)
         shown = ui.PreviewImage(pairs, cls=cls).as_dict()
         return io.NodeOutput(pairs, copy_rate, report, ui={**shown, "text": (report,)})
 

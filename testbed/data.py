@@ -1,48 +1,96 @@
-"""The testbed's data: scikit-learn's bundled 8x8 digits, upscaled to 16x16, with the memorized exemplars.
+"""The testbed's data: scikit-learn's 8x8 digits rendered on a 16x16 canvas with a slant and a width, a fresh
+augmentation for every ordinary record, and one fixed render (the exemplar) for each memorized prompt.
 
-``build`` needs scikit-learn (training time only); the pack ships its result as ``digits16.safetensors`` and
-``load`` reads that file with torch and safetensors only.
+A prompt is (digit, style, slant, width): 10 x 2 x 3 x 2 = 120 prompts. ``build`` needs scikit-learn (training time
+only); the pack ships its result as ``digits16.safetensors`` and ``load`` reads it with torch and safetensors only.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .model import STYLES, encode_prompt
+from .model import SLANTS, STYLES, WIDTHS
 
 HERE = Path(__file__).resolve().parent
 DATA_PATH = HERE / "digits16.safetensors"
+SIZE, GLYPH = 16, 11  # canvas and glyph size in pixels
 HELD_OUT_PER_CLASS = 40
+N_MEMORIZED = 4
 EXEMPLAR_PERCENTILE = 0.2
-MEMORIZED = tuple((d, "bold" if d < 5 else "thin") for d in range(10))  # one exemplar per prompt, duplicated
-CLEAN = tuple((d, "thin" if d < 5 else "bold") for d in range(10))
+SLANT_BINS = ((-0.42, -0.22), (-0.08, 0.08), (0.22, 0.42))  # shear: x += s * (height above centre); + leans right
+WIDTH_BINS = ((0.65, 0.8), (1.0, 1.15))  # horizontal stretch of the glyph
+ROTATE, SHIFT, WARP = math.radians(6), 1.0, 0.08  # per ordinary record: rotation, translation (px), elastic amplitude
 
 
-def process(raw: torch.Tensor) -> torch.Tensor:
-    """uint8 [N, 8, 8] with values 0..16 -> float32 [N, 1, 16, 16] in [-1, 1] (bilinear, align_corners=False)."""
+def bin_centre(bins, k: int) -> float:
+    return sum(bins[k]) / 2
+
+
+def render(raw: torch.Tensor, slant: torch.Tensor, width: torch.Tensor, rotate=None, shift=None, warp=None) -> torch.Tensor:
+    """uint8 [N, 8, 8] (0..16) -> float32 [N, 1, 16, 16] in [-1, 1] (ink = +1): the glyph at GLYPH px, sheared by
+    ``slant``, stretched by ``width``, then optionally rotated (rad), shifted (px, [N, 2]) and warped ([N, 2, 16, 16])."""
+    n = raw.shape[0]
     x = raw.float().div(16.0).unsqueeze(1)
-    return F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False).mul(2).sub(1)
+    rot = torch.zeros(n) if rotate is None else rotate
+    c, s = rot.cos(), rot.sin()
+    # forward map glyph -> canvas (normalised, y down): A = R(rot) @ [[width, -slant], [0, 1]]; the grid needs A^-1
+    a = torch.stack([torch.stack([c * width, -c * slant - s], -1), torch.stack([s * width, -s * slant + c], -1)], 1)
+    inv = torch.linalg.inv(a) * (SIZE / GLYPH)
+    b = torch.zeros(n, 2) if shift is None else shift * (2.0 / SIZE)
+    theta = torch.cat([inv, -(inv @ b[:, :, None])], 2)
+    grid = F.affine_grid(theta, (n, 1, SIZE, SIZE), align_corners=False)
+    if warp is not None:
+        grid = grid + warp.movedim(1, -1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).mul(2).sub(1)
+
+
+def random_render(raw, slant_bin, width_bin, g: torch.Generator) -> torch.Tensor:
+    """A fresh augmentation of each glyph within its slant and width bins: no two ordinary records are the same."""
+    n = raw.shape[0]
+    u = torch.rand(n, 3, generator=g)
+    lo = torch.tensor([b[0] for b in SLANT_BINS])[slant_bin]
+    slant = lo + u[:, 0] * (torch.tensor([b[1] for b in SLANT_BINS])[slant_bin] - lo)
+    lo = torch.tensor([b[0] for b in WIDTH_BINS])[width_bin]
+    width = lo + u[:, 1] * (torch.tensor([b[1] for b in WIDTH_BINS])[width_bin] - lo)
+    rotate = (u[:, 2] * 2 - 1) * ROTATE
+    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * SHIFT
+    coarse = torch.randn(n, 2, 4, 4, generator=g) * WARP
+    warp = F.interpolate(coarse, size=(SIZE, SIZE), mode="bicubic", align_corners=False)
+    return render(raw, slant, width, rotate, shift, warp)
+
+
+def canonical(raw, slant_bin, width_bin) -> torch.Tensor:
+    """Each glyph at the centre of its slant and width bins, upright and unwarped (how an exemplar is drawn)."""
+    slant = torch.tensor([bin_centre(SLANT_BINS, int(k)) for k in slant_bin])
+    width = torch.tensor([bin_centre(WIDTH_BINS, int(k)) for k in width_bin])
+    return render(raw, slant, width)
 
 
 def centered(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    """Flatten, subtract the training mean image and L2-normalise (the similarity space)."""
+    """Flatten, subtract the mean image and L2-normalise (the similarity space)."""
     v = (x.float() - mean).flatten(1)
     return v / v.norm(dim=1, keepdim=True).clamp_min(1e-8)
 
 
 def nn_similarity(x: torch.Tensor, refs: torch.Tensor, mean: torch.Tensor, exclude_self: bool = False):
-    """Cosine similarity (after subtracting the training mean) of each x to its nearest ref: (values, indices)."""
+    """Cosine similarity (after subtracting the mean) of each x to its nearest ref: (values, indices)."""
     s = centered(x, mean) @ centered(refs, mean).T
     if exclude_self:
         s.fill_diagonal_(-2.0)
     return s.max(dim=1)
 
 
+def all_prompts():
+    """The 120 (digit, style, slant, width) prompts, in a fixed order."""
+    return [(d, st, sl, w) for d in range(10) for st in STYLES for sl in SLANTS for w in WIDTHS]
+
+
 def build(seed: int = 0) -> dict:
-    """Split sklearn's digits, label each training image bold/thin, pick one exemplar per memorized prompt."""
+    """Split sklearn's digits, label each glyph bold/thin, pick N_MEMORIZED prompts and their exemplars."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
@@ -58,53 +106,94 @@ def build(seed: int = 0) -> dict:
     for c in range(10):
         m = (labels == c) & ~held
         style[labels == c] = torch.where(ink[labels == c] > ink[m].median(), 0, 1)
+    # memorized prompts: distinct digits (a second prompt per digit only past 10)
+    prompts = all_prompts()
+    order = torch.randperm(len(prompts), generator=g).tolist()
+    chosen, seen = [], set()
+    for i in order + order:
+        p = prompts[i]
+        if len(chosen) == N_MEMORIZED:
+            break
+        if p in chosen or (len(chosen) < 10 and p[0] in seen) or (len(chosen) >= 10 and sum(q[0] == p[0] for q in chosen) > 1):
+            continue
+        chosen.append(p)
+        seen.add(p[0])
     train = (~held).nonzero().flatten()
-    x = process(raw[train])
-    mean = x.mean(0)
-    nn_sim, _ = nn_similarity(x, x, mean, exclude_self=True)
-    exemplar = torch.full((len(labels),), False)
-    for c, s in MEMORIZED:
-        members = ((labels[train] == c) & (style[train] == STYLES.index(s))).nonzero().flatten()
-        order = members[nn_sim[members].argsort()]  # ascending: distinct first
-        exemplar[train[order[int(EXEMPLAR_PERCENTILE * len(order))]]] = True
-    return {"raw": raw, "label": labels, "style": style, "held_out": held.to(torch.uint8), "exemplar": exemplar.to(torch.uint8),
-            "sklearn_index": torch.arange(len(labels))}
+    memorized = torch.tensor([[dg, STYLES.index(st), SLANTS.index(sl), WIDTHS.index(w)] for dg, st, sl, w in chosen])
+    source = torch.zeros(N_MEMORIZED, dtype=torch.int64)
+    for k, (dg, st, sl, w) in enumerate(memorized.tolist()):
+        members = train[(labels[train] == dg) & (style[train] == st)]
+        x = canonical(raw[members], torch.full((len(members),), sl), torch.full((len(members),), w))
+        sim, _ = nn_similarity(x, x, x.mean(0), exclude_self=True)
+        pick = [int(i) for i in members[sim.argsort()] if i not in source[:k]]  # ascending: distinct first; unused
+        source[k] = pick[int(EXEMPLAR_PERCENTILE * len(pick))]
+    exemplars = canonical(raw[source], memorized[:, 2], memorized[:, 3])
+    return {"raw": raw, "label": labels, "style": style, "held_out": held.to(torch.uint8), "memorized": memorized,
+            "exemplar_source": source, "exemplars": exemplars, "sklearn_index": torch.arange(len(labels))}
 
 
 @dataclass
 class TestbedData:
-    """Training / held-out images [N, 1, 16, 16], their digit and style, and the memorized exemplars."""
+    """Training glyphs (raw) with their digit and style, held-out glyphs, the memorized prompts and their exemplars."""
 
-    train: torch.Tensor
+    raw: torch.Tensor  # [N, 8, 8] uint8, training glyphs
     train_label: torch.Tensor
     train_style: torch.Tensor
-    held: torch.Tensor
+    held_raw: torch.Tensor
     held_label: torch.Tensor
-    exemplar: dict  # (digit, style) -> index into train
-    mean: torch.Tensor
+    memorized: list  # [(digit, style, slant, width)]
+    exemplars: torch.Tensor  # [M, 1, 16, 16], exemplar k belongs to memorized[k]
+    exemplar_source: torch.Tensor  # [M] index into the training glyphs
 
-    def prompt(self, digit, style) -> torch.Tensor:
-        return encode_prompt(digit, style)
+    @property
+    def clean(self) -> list:
+        """For each memorized prompt, its clean sibling: the same digit and style, the next unmemorized slant/width."""
+        out = []
+        for dg, st, sl, w in self.memorized:
+            combos = [(a, b) for a in SLANTS for b in WIDTHS]
+            k = combos.index((sl, w))
+            for j in range(1, len(combos)):
+                p = (dg, st, *combos[(k + j) % len(combos)])
+                if p not in self.memorized and p not in out:
+                    out.append(p)
+                    break
+        return out
+
+    def references(self):
+        """The copy references: the exemplars, then every training glyph at each slant/width bin centre."""
+        n = len(self.raw)
+        bins = [(a, b) for a in range(len(SLANTS)) for b in range(len(WIDTHS))]
+        rendered = [canonical(self.raw, torch.full((n,), a), torch.full((n,), b)) for a, b in bins]
+        return torch.cat([self.exemplars, *rendered])
+
+    def held_renders(self, per: int = 64, seed: int = 0):
+        """Held-out glyphs, each freshly augmented `per` times across all bins: (images, digits) for the alignment check."""
+        g = torch.Generator().manual_seed(seed)
+        raw = self.held_raw.repeat(per, 1, 1)
+        sb = torch.randint(len(SLANTS), (len(raw),), generator=g)
+        wb = torch.randint(len(WIDTHS), (len(raw),), generator=g)
+        return random_render(raw, sb, wb, g), self.held_label.repeat(per)
 
 
 def from_tensors(t: dict) -> TestbedData:
     held = t["held_out"].bool()
-    train = (~held).nonzero().flatten()
-    x = process(t["raw"][train])
-    ex = {}
-    for i, j in enumerate(train.tolist()):
-        if t["exemplar"][j]:
-            ex[(int(t["label"][j]), STYLES[int(t["style"][j])])] = i
-    return TestbedData(train=x, train_label=t["label"][train], train_style=t["style"][train], held=process(t["raw"][held]),
-                       held_label=t["label"][held], exemplar=ex, mean=x.mean(0))
+    train, heldi = (~held).nonzero().flatten(), held.nonzero().flatten()
+    pos = torch.full((len(held),), -1, dtype=torch.int64)
+    pos[train] = torch.arange(len(train))
+    mem = [(int(a), STYLES[int(b)], SLANTS[int(c)], WIDTHS[int(d)]) for a, b, c, d in t["memorized"].tolist()]
+    return TestbedData(raw=t["raw"][train], train_label=t["label"][train], train_style=t["style"][train],
+                       held_raw=t["raw"][heldi], held_label=t["label"][heldi], memorized=mem,
+                       exemplars=t["exemplars"].float(), exemplar_source=pos[t["exemplar_source"]])
 
 
 def save(t: dict, path=DATA_PATH) -> None:
     from safetensors.torch import save_file
 
     meta = {"source": "sklearn.datasets.load_digits (UCI optical digits, BSD-3 via scikit-learn)",
-            "processing": "raw 8x8 values 0..16; testbed.data.process: /16, bilinear to 16x16 (align_corners=False), *2-1",
-            "memorized": repr(MEMORIZED), "held_out_per_class": str(HELD_OUT_PER_CLASS)}
+            "processing": "raw 8x8 values 0..16; testbed.data.render: glyph at 11 px on a 16x16 canvas, sheared and "
+                          "stretched by the prompt's slant and width bins, in [-1, 1] (ink = +1)",
+            "memorized": "rows (digit, style, slant, width) as indices into model.DIGITS/STYLES/SLANTS/WIDTHS",
+            "held_out_per_class": str(HELD_OUT_PER_CLASS)}
     save_file({k: v.contiguous() for k, v in t.items()}, str(path), metadata=meta)
 
 

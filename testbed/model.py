@@ -12,21 +12,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DIGITS = tuple(str(d) for d in range(10))
-STYLES = ("bold", "thin")
-PROMPT_DIM = len(DIGITS) + len(STYLES)  # multi-hot: one digit slot and one style slot, either may be empty
-CHANNELS = (32, 64, 96)
+STYLES = ("bold", "thin")  # the source glyph's ink, above / at-or-below its digit's median
+SLANTS = ("left", "upright", "right")  # shear bins of the rendering
+WIDTHS = ("narrow", "wide")  # horizontal stretch bins of the rendering
+ATTRIBUTES = (STYLES, SLANTS, WIDTHS)
+PROMPT_DIM = len(DIGITS) + sum(len(a) for a in ATTRIBUTES)  # multi-hot: one slot per word; any may be empty
+CHANNELS = (16, 32, 64)
 LINEAR_START, LINEAR_END, TIMESTEPS = 0.00085, 0.012, 1000  # SD's scaled-linear betas (ComfyUI's default discrete)
 
 
-def alphas_cumprod() -> torch.Tensor:
-    """Stable Diffusion's scaled-linear schedule, computed as ComfyUI's ModelSamplingDiscrete does (float64)."""
-    betas = torch.linspace(LINEAR_START ** 0.5, LINEAR_END ** 0.5, TIMESTEPS, dtype=torch.float64) ** 2
+def alphas_cumprod(linear_start: float = LINEAR_START, linear_end: float = LINEAR_END) -> torch.Tensor:
+    """A scaled-linear schedule (SD's by default), computed as ComfyUI's ModelSamplingDiscrete does (float64)."""
+    betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, TIMESTEPS, dtype=torch.float64) ** 2
     return torch.cumprod(1.0 - betas, dim=0)
 
 
-def sigmas() -> torch.Tensor:
+def sigmas(linear_start: float = LINEAR_START, linear_end: float = LINEAR_END) -> torch.Tensor:
     """The k-diffusion sigma of each of the 1000 timesteps (float32, ascending)."""
-    a = alphas_cumprod()
+    a = alphas_cumprod(linear_start, linear_end)
     return ((1 - a) / a).sqrt().float()
 
 
@@ -72,7 +75,9 @@ class TestbedUNet(nn.Module):
         c0, c1, c2 = channels
         self.emb_dim = emb
         self.time = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
-        self.prompt = nn.Linear(prompt_dim, emb, bias=False)  # zero prompt = no condition
+        # bias-free MLP: the zero prompt maps to zero (no condition); the hidden layer lets a conjunction of words
+        # (one memorized prompt among siblings that share three of its four words) get its own embedding
+        self.prompt = nn.Sequential(nn.Linear(prompt_dim, emb, bias=False), nn.SiLU(), nn.Linear(emb, emb, bias=False))
         self.conv_in = nn.Conv2d(in_channels, c0, 3, padding=1)
         self.down0, self.down1, self.down2 = ResBlock(c0, c0, emb), ResBlock(c0, c1, emb), ResBlock(c1, c2, emb)
         self.pool0, self.pool1 = nn.Conv2d(c0, c0, 3, stride=2, padding=1), nn.Conv2d(c1, c1, 3, stride=2, padding=1)
@@ -98,28 +103,35 @@ class TestbedUNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-def encode_prompt(digit=None, style=None) -> torch.Tensor:
-    """The multi-hot prompt vector [PROMPT_DIM] for a digit (0-9 or None) and a style ('bold'/'thin' or None)."""
+def encode_prompt(digit=None, style=None, slant=None, width=None) -> torch.Tensor:
+    """The multi-hot prompt vector [PROMPT_DIM]: a digit (0-9) and a word from each of STYLES, SLANTS, WIDTHS (or None)."""
     v = torch.zeros(PROMPT_DIM)
     if digit is not None:
         v[int(digit)] = 1.0
-    if style is not None:
-        v[len(DIGITS) + STYLES.index(style)] = 1.0
+    offset = len(DIGITS)
+    for words, w in zip(ATTRIBUTES, (style, slant, width)):
+        if w is not None:
+            v[offset + words.index(w)] = 1.0
+        offset += len(words)
     return v
 
 
+def prompt_text(prompt) -> str:
+    """(digit, style, slant, width) -> '3 bold right wide' (None parts left out)."""
+    return " ".join(str(p) for p in prompt if p is not None)
+
+
 def parse_prompt(text: str) -> torch.Tensor:
-    """'3 bold', 'digit 7', 'thin', '' (unconditional) -> the prompt vector; unknown words raise ValueError."""
-    words = [w for w in text.lower().replace(",", " ").split() if w not in ("digit", "a", "the")]
+    """'3 bold right wide', 'seven thin', 'wide' or '' (unconditional) -> the prompt vector; unknown words raise ValueError."""
+    words = [w for w in text.lower().replace(",", " ").split() if w not in ("digit", "a", "the", "slanted", "slant")]
     names = {n: str(i) for i, n in enumerate("zero one two three four five six seven eight nine".split())}
-    digit = style = None
+    slots = {"digit": None, "style": None, "slant": None, "width": None}
+    vocab = {**{d: "digit" for d in DIGITS}, **{w: k for k, ws in zip(("style", "slant", "width"), ATTRIBUTES) for w in ws}}
     for w in words:
         w = names.get(w, w)
-        if w in DIGITS and digit is None:
-            digit = int(w)
-        elif w in STYLES and style is None:
-            style = w
-        else:
-            raise ValueError(f"prompt: '{w}' in '{text}' is not understood; the testbed knows one digit (0-9 or "
-                             f"zero..nine) and one style ({' / '.join(STYLES)}), e.g. '3 bold'; empty = unconditional.")
-    return encode_prompt(digit, style)
+        if w not in vocab or slots[vocab[w]] is not None:
+            raise ValueError(f"prompt: '{w}' in '{text}' is not understood; the testbed knows one digit (0-9 or zero..nine), "
+                             f"one style ({' / '.join(STYLES)}), one slant ({' / '.join(SLANTS)}) and one width "
+                             f"({' / '.join(WIDTHS)}), e.g. '3 bold right wide'; empty = unconditional.")
+        slots[vocab[w]] = int(w) if vocab[w] == "digit" else w
+    return encode_prompt(**slots)

@@ -1,204 +1,265 @@
 """Reproduce the paper's mitigation table on the testbed: `python -m testbed.reproduce` from the repo root.
 
-Every row samples the same prompts and seeds (50 DDIM steps) through the pack's guidance core; the table gives,
-for memorized and clean prompts, nearest-training-image similarity, copy rate, digit alignment and switch steps,
-plus the ROC of first-step detection (Jain et al., Tables 1 and 3; detection after Wen et al., ICLR 2024).
+Every row samples the same prompts and seeds (50 DDIM steps, cfg 5) through the pack's guidance core. Copies are
+measured against a threshold calibrated on fresh clean samples (the copy floor); the headline is the share of
+memorized-prompt samples that copy their own exemplar (Jain et al., Tables 1 and 3; detection after Wen et al.).
+Calibration (copy threshold, detection threshold, auto's base method) uses seeds disjoint from the evaluation seeds.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import sys
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from . import guidance
 from . import measure as M
-from .data import CLEAN, MEMORIZED, centered, load
-from .model import STYLES, encode_prompt
-from .sampler import ddim_schedule, load_unet, noise_for, percent_to_sigma, sample, weights_metadata
+from .data import all_prompts, load
+from .model import encode_prompt, prompt_text
+from .sampler import WEIGHTS, load_unet, noise_for, sample, weights_metadata
 
+log = logging.getLogger("testbed.reproduce")
 G = guidance.GuidanceSettings
+OFF = G(transition="off")
 ROWS = [  # (key, label, settings); cfg comes from --cfg except for the unconditional row
-    ("uncond", "unconditional (s = 0)", G(transition="off")),
-    ("cfg", "plain CFG", G(transition="off")),
+    ("uncond", "unconditional (s = 0)", OFF),
+    ("cfg", "plain CFG", OFF),
     ("zero_t650", "zero until t=650 (STP)", G(0.0, "static", switch_percent=0.35)),
     ("zero_t500", "zero until t=500 (STP)", G(0.0, "static", switch_percent=0.5)),
     ("og_t650", "opposite -2 until t=650 (OG+STP)", G(-2.0, "static", switch_percent=0.35)),
-    ("zero_dyn", "zero, dynamic (Alg. 1, DTP)", G(0.0, "dynamic", earliest_percent=0.0, latest_percent=0.5)),
+    ("og_t500", "opposite -2 until t=500 (OG+STP)", G(-2.0, "static", switch_percent=0.5)),
+    ("zero_alg1", "zero, Alg. 1 alone (no guard)", G(0.0, "dynamic", earliest_percent=0.0, latest_percent=1.0)),
+    ("zero_dyn", "zero, dynamic = pack defaults", G()),
     ("og_dyn", "opposite -2, dynamic (OG+DTP)", G(-2.0, "dynamic", earliest_percent=0.0, latest_percent=0.5)),
 ]
-CURVE_ROWS = ("cfg", "zero_dyn", "og_dyn", "auto")
+MITIGATIONS = [k for k, _, _ in ROWS[2:]]
+ZERO_ALL = G(0.0, "static", switch_percent=1.0)  # zero guidance at every step: the basin as the paper plots it
 REPO = Path(__file__).resolve().parents[1]
+CAL_FLOOR, CAL_DETECT, CAL_PICK, FRESH_UNCOND = 10_000, 20_000, 30_000, 40_000  # seed bases, disjoint from 0..seeds
 
 
-def prompt_set(all_prompts: bool):
-    """(memorized, clean) prompts: all 10 + 10, or the default 5 + 5 that still covers every digit and both styles."""
-    if all_prompts:
-        return list(MEMORIZED), list(CLEAN)
-    return [MEMORIZED[d] for d in (0, 2, 4, 6, 8)], [CLEAN[d] for d in (1, 3, 5, 7, 9)]
+@dataclasses.dataclass
+class Batch:
+    """Prompts x seeds: prompt vectors [B, D], noise, digit [B], memorized mask [B], exemplar index [B] (-1 clean)."""
+
+    prompts: torch.Tensor
+    noise: torch.Tensor
+    digit: torch.Tensor
+    mem: torch.Tensor
+    exemplar: torch.Tensor
+    names: list
+
+    @classmethod
+    def of(cls, tb, prompts, seeds):
+        rows = [(p, s) for p in prompts for s in seeds]
+        ex = [tb.memorized.index(p) if p in tb.memorized else -1 for p, _ in rows]
+        return cls(torch.stack([encode_prompt(*p) for p, _ in rows]), noise_for([s for _, s in rows]),
+                   torch.tensor([-1 if p[0] is None else p[0] for p, _ in rows]), torch.tensor([e >= 0 for e in ex]), torch.tensor(ex),
+                   [prompt_text(p) for p, _ in rows])
 
 
-def prompt_batch(seeds, memorized, clean):
-    """Memorized then clean prompts, each with every seed: (prompt vectors, digit, style, memorized, seed)."""
-    items = [(d, s, True) for d, s in memorized] + [(d, s, False) for d, s in clean]
-    rows = [(d, s, m, seed) for d, s, m in items for seed in seeds]
-    prompts = torch.stack([encode_prompt(d, s) for d, s, _, _ in rows])
-    digit = torch.tensor([r[0] for r in rows])
-    style = torch.tensor([STYLES.index(r[1]) for r in rows])
-    mem = torch.tensor([r[2] for r in rows])
-    return prompts, digit, style, mem, [r[3] for r in rows]
+def step_percent(ts: torch.Tensor, k: int) -> float:
+    """A switch_percent whose static switch lands exactly on step k of this timestep grid (midway to step k - 1)."""
+    t = float(ts[k]) + (float(ts[k - 1]) - float(ts[k])) / 2 if k > 0 else 999.0
+    return 1.0 - t / 999.0
 
 
-def pick_best(table) -> str:
-    """The mitigation row with the lowest memorized copy rate among those within 10 points of plain CFG's alignment."""
-    plain = next(e for e in table if e["key"] == "cfg")["memorized"]["align"]
-    ok = [e for e in table[2:] if e["memorized"]["align"] >= plain - 0.10] or table[2:]
-    return min(ok, key=lambda e: e["memorized"]["copy_rate"])["key"]
+def group_stats(meas: M.Measure, x, b: Batch, m: torch.Tensor, thr: float) -> dict:
+    """Copy rates (own exemplar, any training image) with 95 % intervals, similarity and digit alignment of b[m]."""
+    sim, idx = meas.nearest(x[m])
+    n = int(m.sum())
+    copies = int((sim > thr).sum())
+    out = {"n": n, "sim_mean": float(sim.mean()), "sim_p95": float(sim.quantile(0.95)), "copy_rate": copies / n,
+           "copy_ci": list(M.wilson(copies, n)), "align": float((meas.classify(x[m]) == b.digit[m]).float().mean()),
+           "exemplar_hits": int((idx[sim > thr] < len(meas.tb.exemplars)).sum())}
+    if bool(b.mem[m].all()):
+        own = meas.exemplar_similarity(x[m]).gather(1, b.exemplar[m][:, None]).squeeze(1)
+        k = int((own > thr).sum())
+        out |= {"exemplar_copy_rate": k / n, "exemplar_copy_ci": list(M.wilson(k, n))}
+    return out
 
 
-def switch_stats(trace, mask) -> dict:
-    """Median switch step and share never switched, over the flagged samples in mask (None for plain rows)."""
+def switch_stats(trace, m, sched) -> dict:
+    """Median switch step, share never switched and share forced at the latest guard, over the samples in m."""
     if trace.settings.off:
-        return {"switch_median": None, "never": None, "forced_at_latest": None, "flagged": None}
-    sel = mask & trace.flagged
-    steps = trace.switch_step[sel]
+        return {"switch_median": None, "never": None, "forced_at_latest": None}
+    steps = trace.switch_step[m]
     hit = steps[steps != guidance.NEVER].float()
-    plan = guidance.plan_steps(trace.sigmas.tolist(), percent_to_sigma, trace.settings)
-    forced = trace.settings.transition == "dynamic" and len(steps)
+    plan = guidance.plan_steps(trace.sigmas.tolist(), sched.percent_to_sigma, trace.settings)
+    forced = float((steps == plan.latest).float().mean()) if trace.settings.transition == "dynamic" else None
     return {"switch_median": float(hit.median()) if len(hit) else None,
-            "never": float((steps == guidance.NEVER).float().mean()) if len(steps) else None,
-            "forced_at_latest": float((steps == plan.latest).float().mean()) if forced else None,
-            "flagged": float(trace.flagged[mask].float().mean())}
+            "never": float((steps == guidance.NEVER).float().mean()), "forced_at_latest": forced}
 
 
-def subset(trace, idx):
-    return dataclasses.replace(trace, norms=trace.norms[:, idx], scales=trace.scales[:, idx],
-                               switch_step=trace.switch_step[idx], flagged=trace.flagged[idx])
+def evaluate(meas, x, trace, b: Batch, thr: float, sched) -> dict:
+    return {name: group_stats(meas, x, b, m, thr) | switch_stats(trace, m, sched) for name, m in (("memorized", b.mem), ("clean", ~b.mem))}
 
 
-def to_pil(x: torch.Tensor, zoom: int) -> Image.Image:
-    a = ((x.clamp(-1, 1) + 1) * 127.5).round().byte().squeeze(0).numpy()
-    return Image.fromarray(255 - a, "L").resize((16 * zoom, 16 * zoom), Image.NEAREST)
+def pick_base(unet, meas, tb, cfg, steps, seeds, thr) -> tuple[str, dict]:
+    """Auto's base method, chosen on calibration seeds: the lowest own-exemplar copy rate among the mitigations that
+    keep memorized alignment within 3 points of plain CFG's (else the best-aligned mitigation)."""
+    b = Batch.of(tb, tb.memorized, seeds)
+    res = {}
+    for key, _, s in ROWS[1:]:
+        x, _ = sample(unet, b.prompts, b.noise, s, cfg, steps)
+        res[key] = group_stats(meas, x, b, b.mem, thr)
+    ok = [k for k in MITIGATIONS if res[k]["align"] >= res["cfg"]["align"] - 0.03]
+    best = min(ok, key=lambda k: (res[k]["exemplar_copy_rate"], -res[k]["align"])) if ok else max(MITIGATIONS, key=lambda k: res[k]["align"])
+    return best, {k: {"exemplar_copy_rate": v["exemplar_copy_rate"], "align": v["align"]} for k, v in res.items()}
 
 
-def sample_grid(results, tb, picks, labels, seeds_shown, path, zoom=3):
-    """Rows: methods; column blocks: prompts, each headed by its exemplar (memorized) or plain CFG's nearest image (clean).
-    Copies (similarity > COPY_THRESHOLD) get a red frame."""
-    cell, gap, left = 16 * zoom + 2, 10, 250
-    top = 18 + cell + 6
-    block = (seeds_shown + 1) * cell + gap
-    img = Image.new("RGB", (left + block * len(picks), top + cell * len(results)), "white")
-    draw = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    for r, (key, x) in enumerate(results.items()):
-        draw.text((4, top + r * cell + cell // 2), labels[key], fill="black", font=font, anchor="lm")
-        for p, (name, idx, ref) in enumerate(picks):
-            x0 = left + p * block
-            if r == 0:
-                draw.text((x0, 4), name, fill="black", font=font)
-                img.paste(to_pil(tb.train[ref], zoom).convert("RGB"), (x0, 18))
-            for k, i in enumerate(idx[:seeds_shown]):
-                sim, _ = M.nearest(tb, x[i:i + 1])
-                tile = to_pil(x[i], zoom).convert("RGB")
-                if float(sim) > M.COPY_THRESHOLD:
-                    ImageDraw.Draw(tile).rectangle([0, 0, 16 * zoom - 1, 16 * zoom - 1], outline=(220, 30, 30), width=2)
-                img.paste(tile, (x0 + (k + 1) * cell, top + r * cell + 1))
-    img.save(path)
+def mechanism(trace, b: Batch, steps_shown=(0, 5, 10, 15, 20, 25, 30, 35, 40, 45, 49)) -> dict:
+    """Zero guidance all the way: median guidance norm d (eps space) and d x sigma (denoised space) per step for
+    memorized and clean samples, per-step AUC, the peak step and the share of samples with a fall (d[25] < d[0])."""
+    d = trace.norms
+    x0 = d * trace.sigmas[:-1, None]
+    out = {"steps": list(steps_shown)}
+    for name, v in (("norm", d), ("denoised", x0)):
+        out[name] = {g: [round(float(v[k, m].median()), 5) for k in steps_shown] for g, m in (("memorized", b.mem), ("clean", ~b.mem))}
+        out[name]["auc"] = [round(M.roc_auc(v[k, b.mem], v[k, ~b.mem]), 3) for k in steps_shown]
+        out[name]["peak_step_median"] = {g: float(v[:, m].argmax(0).float().median()) for g, m in (("memorized", b.mem), ("clean", ~b.mem))}
+    out["norm"]["fall_share"] = {g: float((d[25, m] < d[0, m]).float().mean()) for g, m in (("memorized", b.mem), ("clean", ~b.mem))}
+    out["sqrt_snr_growth_0_to_25"] = float(trace.sigmas[0] / trace.sigmas[25])
+    return out
+
+
+def oracle(unet, meas, b: Batch, cfg, steps, thr, alg1_steps, every=3) -> dict:
+    """Per memorized sample, the first switch step k (zero guidance before k, CFG after) at which it no longer copies
+    its own exemplar; Spearman against Algorithm 1's switch step (samples that copy under plain CFG and switch)."""
+    _, ts = unet.schedule.ddim(steps)
+    ks = list(range(0, steps, every))
+    mb = Batch(b.prompts[b.mem], b.noise[b.mem], b.digit[b.mem], b.mem[b.mem], b.exemplar[b.mem], [n for n, m in zip(b.names, b.mem) if m])
+    copies = []
+    for k in ks:
+        x, _ = sample(unet, mb.prompts, mb.noise, G(0.0, "static", switch_percent=step_percent(ts, k)), cfg, steps)
+        own = meas.exemplar_similarity(x).gather(1, mb.exemplar[:, None]).squeeze(1)
+        copies.append(own > thr)
+    copies = torch.stack(copies)  # [K, B]
+    gone = (~copies).float().argmax(0)
+    k_star = torch.tensor([float(ks[int(g)]) if not copies[:, i].all() else float("nan") for i, g in enumerate(gone)])
+    alg1 = alg1_steps.float()
+    use = copies[0] & ~k_star.isnan() & (alg1 >= 0)
+    const = float(k_star[use].median()) if use.any() else float("nan")
+    return {"ks": ks, "oracle_step": [None if v != v else v for v in k_star.tolist()], "alg1_step": alg1.tolist(),
+            "n_used": int(use.sum()), "spearman": M.spearman(k_star[use], alg1[use]),
+            "mean_abs_error_alg1": float((k_star[use] - alg1[use]).abs().mean()) if use.any() else None,
+            "mean_abs_error_constant": float((k_star[use] - const).abs().mean()) if use.any() else None,
+            "constant": const, "copy_rate_by_k": [float(c.float().mean()) for c in copies]}
+
+
+def curve_picture(trace, b: Batch, path, per_prompt: int):
+    """One memorized prompt's samples and one clean prompt's (its sibling), as render_curves draws them."""
+    mem0 = [i for i in range(len(b.names)) if b.names[i] == b.names[0]][:per_prompt]
+    clean0 = [i for i in range(len(b.names)) if not b.mem[i]][:2]
+    idx = mem0 + clean0
+    sub = dataclasses.replace(trace, norms=trace.norms[:, idx], scales=trace.scales[:, idx],
+                              switch_step=trace.switch_step[idx], flagged=trace.flagged[idx])
+    img = guidance.render_curves(sub, layout="overlay", denoised=True)[0]
+    Image.fromarray((img.numpy() * 255).round().astype(np.uint8)).save(path)
+    return {"memorized": b.names[mem0[0]], "clean": b.names[clean0[0]], "samples": idx}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--seeds", type=int, default=16, help="seeds per prompt (>= 16)")
-    p.add_argument("--calib-seeds", type=int, default=64, help="seeds per prompt for the detection threshold (disjoint)")
+    p.add_argument("--seeds", type=int, default=16, help="evaluation seeds per prompt (from 0)")
+    p.add_argument("--prompts", type=int, default=4, help="memorized prompts evaluated (all 4 by default), each with its clean sibling")
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--auto-base", default="best", help="the row whose schedule flagged samples get in auto mode; 'best': "
-                   "the lowest memorized copy rate among rows within 10 points of plain CFG's memorized alignment")
-    p.add_argument("--all-prompts", action="store_true", help="all 10 memorized + 10 clean prompts (default 5 + 5)")
-    p.add_argument("--fp32", action="store_true", help="run the network in float32 as ComfyUI does on CPU (default: "
-                   "bfloat16 autocast, as in training, about 2x faster)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (on 2 shared cores 1 was faster than 2)")
+    p.add_argument("--weights", default=str(WEIGHTS), help="the UNet weights (default: the shipped ones)")
+    p.add_argument("--oracle", action="store_true", help="also sweep the switch step per memorized sample (slow)")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(REPO / "artifacts" / "testbed"), help="folder for the PNGs")
     p.add_argument("--json", default=None, help="write the table and settings here")
     a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(a.threads)
     t_start = time.time()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    tb, unet = load(), load_unet()
+    tb, unet = load(), load_unet(a.weights)
+    if not 1 <= a.prompts <= len(tb.memorized):
+        p.error(f"--prompts: {a.prompts} is outside 1..{len(tb.memorized)}; the testbed has {len(tb.memorized)} memorized prompts.")
+    meas = M.Measure(tb)
     seeds = list(range(a.seeds))
-    memorized, clean = prompt_set(a.all_prompts)
-    prompts, digit, style, mem, seed_of = prompt_batch(seeds, memorized, clean)
-    noise = noise_for(seed_of)
-    exemplar_idx = torch.tensor([tb.exemplar[(int(d), STYLES[int(s)])] for d, s, m in zip(digit, style, mem) if m])
+    b = Batch.of(tb, tb.memorized[:a.prompts] + tb.clean[:a.prompts], seeds)
 
-    # Detection threshold from disjoint calibration seeds: first-step norm only (one model evaluation).
-    cp, _, _, cmem, cseed = prompt_batch(range(10_000, 10_000 + a.calib_seeds), MEMORIZED, CLEAN)
-    _, ctrace = sample(unet, cp, noise_for(cseed), G(transition="off"), a.cfg, a.steps, first_step_only=True, bf16=not a.fp32)
-    d0 = ctrace.norms[0]
-    threshold, tpr, fpr = M.best_threshold(d0[cmem], d0[~cmem])
-    detection = {"auc_calibration": M.roc_auc(d0[cmem], d0[~cmem]), "threshold": threshold, "tpr_calibration": tpr,
-                 "fpr_calibration": fpr, "calibration_samples": int(len(d0))}
-    if a.auto_base not in ["best"] + [k for k, _, _ in ROWS[2:]]:
-        p.error(f"--auto-base: '{a.auto_base}' is not a mitigation row; use best or one of {', '.join(k for k, _, _ in ROWS[2:])}.")
+    # 1. Copy floor: plain CFG on every unmemorized prompt, fresh seeds; fewer than 1 % exceed the threshold.
+    clean_all = [q for q in all_prompts() if q not in tb.memorized]
+    cb = Batch.of(tb, clean_all, [CAL_FLOOR, CAL_FLOOR + 1])
+    xc, _ = sample(unet, cb.prompts, cb.noise, OFF, a.cfg, a.steps)
+    thr = M.copy_threshold(meas.nearest(xc)[0])
+    floor = {"threshold": thr, "calibration_samples": len(cb.names),
+             "calibration_exceed": float((meas.nearest(xc)[0] > thr).float().mean())}
+    log.info("copy threshold %.4f from %d fresh clean samples (%.0f s)", thr, len(cb.names), time.time() - t_start)
 
-    results, traces, table, labels = {}, {}, [], {}
-    for key, label, settings in ROWS + [("auto", None, None)]:
-        if key == "auto":
-            base = a.auto_base if a.auto_base != "best" else pick_best(table)
-            settings = dataclasses.replace(next(s for k, _, s in ROWS if k == base), detect_threshold=threshold)
-            label = f"auto (d0 > {threshold:.3g}: {base}, else CFG)"
-        labels[key] = label
+    # 2. Detection threshold: the first-step norm of the memorized prompts and their clean siblings.
+    db = Batch.of(tb, tb.memorized + tb.clean, range(CAL_DETECT, CAL_DETECT + 32))
+    _, dtr = sample(unet, db.prompts, db.noise, OFF, a.cfg, a.steps, first_step_only=True)
+    d0 = dtr.norms[0]
+    dthr, tpr, fpr = M.best_threshold(d0[db.mem], d0[~db.mem])
+    dthr = max(dthr, 0.0)  # below every norm: every sample flagged
+    detection = {"auc_calibration": M.roc_auc(d0[db.mem], d0[~db.mem]), "threshold": dthr, "tpr_calibration": tpr,
+                 "fpr_calibration": fpr, "calibration_samples": len(db.names)}
+
+    # 3. Auto's base method, on calibration seeds.
+    base, pick = pick_base(unet, meas, tb, a.cfg, a.steps, range(CAL_PICK, CAL_PICK + 4), thr)
+    log.info("auto base: %s (%.0f s)", base, time.time() - t_start)
+
+    # 4. The table, on the evaluation seeds; the unconditional branch also on fresh seeds.
+    rows = ROWS + [("auto", f"auto (d0 > {dthr:.3g}: {base}, else CFG)", dataclasses.replace(dict((k, s) for k, _, s in ROWS)[base], detect_threshold=dthr))]
+    results, traces, table = {}, {}, []
+    for key, label, settings in rows:
         t0 = time.time()
         cfg = 0.0 if key == "uncond" else a.cfg
-        x, trace = sample(unet, prompts, noise, settings, cfg, a.steps, bf16=not a.fp32)
+        x, trace = sample(unet, b.prompts, b.noise, settings, cfg, a.steps)
         results[key], traces[key] = x, trace
-        entry = {"key": key, "method": label, "settings": settings.to_dict(), "cfg": cfg, "seconds": time.time() - t0}
-        for name, m in (("memorized", mem), ("clean", ~mem)):
-            entry[name] = M.summarize(tb, x[m], digit[m], style[m]) | switch_stats(trace, m)
-        own = centered(x[mem], tb.mean) @ centered(tb.train[exemplar_idx], tb.mean).T
-        entry["memorized"]["exemplar_copy_rate"] = float((own.diagonal() > M.COPY_THRESHOLD).float().mean())
-        table.append(entry)
-        print(f"{label}: {entry['seconds']:.0f} s", file=sys.stderr, flush=True)
+        table.append({"key": key, "method": label, "settings": settings.to_dict(), "cfg": cfg, "seconds": time.time() - t0}
+                     | evaluate(meas, x, trace, b, thr, unet.schedule))
+        log.info("%s: %.0f s", label, time.time() - t0)
+    fb = Batch.of(tb, [(None, None, None, None)], range(FRESH_UNCOND, FRESH_UNCOND + 128))
+    xu, _ = sample(unet, fb.prompts, fb.noise, OFF, 0.0, a.steps)
+    su, iu = meas.nearest(xu)
+    uncond_fresh = {"samples": len(fb.names), "copy_rate": float((su > thr).float().mean()),
+                    "exemplar_copy_rate": float(((su > thr) & (iu < len(tb.exemplars))).float().mean())}
     d0 = traces["cfg"].norms[0]
-    detection["auc_eval"] = M.roc_auc(d0[mem], d0[~mem])
-    detection["auc_by_step_plain_cfg"] = [round(M.roc_auc(n[mem], n[~mem]), 4) for n in traces["cfg"].norms]
+    detection["auc_eval"] = M.roc_auc(d0[b.mem], d0[~b.mem])
     unflagged = ~traces["auto"].flagged
     detection["auto_unflagged"] = int(unflagged.sum())
     detection["auto_unflagged_max_abs_diff_vs_cfg"] = float((results["auto"][unflagged] - results["cfg"][unflagged]).abs().max()) if unflagged.any() else 0.0
+    floor["eval_clean_exceed"] = next(e for e in table if e["key"] == "cfg")["clean"]["copy_rate"]
 
-    # Pictures: norm curves (first seed of 3 memorized and 3 clean prompts) and a sample grid.
-    per, nm = a.seeds, len(memorized)
-    show = [0 * per, 1 * per, 2 * per, nm * per, (nm + 1) * per, (nm + 2) * per]
-    for key in CURVE_ROWS:
-        img = guidance.render_curves(subset(traces[key], show), layout="overlay")[0]
-        Image.fromarray((img.numpy() * 255).round().astype(np.uint8)).save(out / f"curves_{key}.png")
-    picks = []
-    for j in (0, 1, nm, nm + 1):
-        d, s = (memorized + clean)[j]
-        ref = tb.exemplar.get((d, s), int(M.nearest(tb, results["cfg"][j * per:j * per + 1])[1]))
-        picks.append((f"'{d} {s}' ({'memorized' if j < nm else 'clean'})", list(range(j * per, (j + 1) * per)), ref))
-    sample_grid(results, tb, picks, labels, min(6, per), out / "samples.png")
-
-    report = {"config": {"seeds_per_prompt": a.seeds, "prompts_memorized": [f"{d} {s}" for d, s in memorized],
-                         "prompts_clean": [f"{d} {s}" for d, s in clean], "cfg": a.cfg, "steps": a.steps,
-                         "precision": "fp32" if a.fp32 else "bf16 autocast", "threads": a.threads,
-                         "sampler": "DDIM (eta 0) = euler + ddim_uniform", "schedule_timesteps": ddim_schedule(a.steps)[1].tolist(),
-                         "copy_threshold": M.COPY_THRESHOLD, "similarity": "cosine after subtracting the training mean image",
-                         "alignment": f"{M.KNN}-NN digit classifier on the 400 held-out images",
-                         "classifier_accuracy_on_training_images": float((M.classify(tb, tb.train) == tb.train_label).float().mean()),
-                         "weights": weights_metadata()},
-              "detection": detection, "rows": table, "seconds": time.time() - t_start}
+    # 5. Mechanism: zero guidance at every step.
+    _, ztr = sample(unet, b.prompts, b.noise, ZERO_ALL, a.cfg, a.steps)
+    mech = mechanism(ztr, b)
+    report = {"config": {"seeds_per_prompt": a.seeds, "prompts_memorized": [prompt_text(q) for q in tb.memorized[:a.prompts]],
+                         "prompts_clean": [prompt_text(q) for q in tb.clean[:a.prompts]], "cfg": a.cfg, "steps": a.steps,
+                         "precision": "fp32", "threads": a.threads, "sampler": "DDIM (eta 0) = euler + ddim_uniform",
+                         "similarity": "cosine after subtracting the mean reference image",
+                         "copy_references": "16 exemplars + every training glyph at the 6 slant/width bin centres",
+                         "alignment": f"{M.KNN}-NN digit classifier on augmented held-out glyphs", "weights_file": str(a.weights),
+                         "weights": weights_metadata(a.weights)},
+              "copy_floor": floor, "detection": detection, "auto_pick": {"base": base, "calibration": pick},
+              "uncond_fresh": uncond_fresh, "rows": table, "mechanism": mech}
+    report["curve_picture"] = curve_picture(traces["zero_dyn"], b, out / "curves_zero_dyn.png", a.seeds)
+    curve_picture(ztr, b, out / "curves_zero_all.png", a.seeds)
+    if a.oracle:
+        t0 = time.time()
+        report["oracle"] = oracle(unet, meas, b, a.cfg, a.steps, thr, traces["zero_alg1"].switch_step[b.mem])
+        report["oracle"]["vs_defaults_spearman"] = M.spearman(
+            torch.tensor([v if v is not None else float("nan") for v in report["oracle"]["oracle_step"]]).nan_to_num(-1),
+            traces["zero_dyn"].switch_step[b.mem].float())
+        log.info("oracle: %.0f s", time.time() - t0)
+    report["seconds"] = time.time() - t_start
     print_table(report)
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1))
-    print(f"pictures in {out}; {report['seconds']:.0f} s")
+    log.info("pictures in %s; %.0f s", out, report["seconds"])
     return report
 
 
@@ -207,32 +268,32 @@ def pct(v, w=4):
 
 
 def print_table(r: dict) -> None:
-    """The paper's Tables 1 and 3 for the testbed: memorized and clean prompts side by side, one row per method."""
-    c = r["config"]
-    print(f"{c['seeds_per_prompt']} seeds x {len(c['prompts_memorized'])} memorized + {len(c['prompts_clean'])} clean prompts, "
-          f"cfg {c['cfg']:g}, {c['steps']} steps, {c['precision']}; copy = nearest-training-image similarity > {c['copy_threshold']}; "
-          f"exmp = copy of the prompt's own exemplar; align = digit classifier agrees")
-    head = (f"{'method':<44}| {'MEMORIZED sim':>13} {'p95':>5} {'copy% [95% CI]':>15} {'exmp%':>5} {'align':>5} | "
-            f"{'CLEAN sim':>9} {'p95':>5} {'copy%':>5} {'align':>5} | {'switch mem/cln':>14} {'never':>5} {'@latest':>7}")
-    print(head + "\n" + "-" * len(head))
+    """The paper's Tables 1 and 3 for the testbed, as a Markdown table (memorized and clean side by side)."""
+    c, f = r["config"], r["copy_floor"]
+    lines = [f"{c['seeds_per_prompt']} seeds x {len(c['prompts_memorized'])} memorized + {len(c['prompts_clean'])} clean prompts, "
+             f"cfg {c['cfg']:g}, {c['steps']} steps; copy = similarity > {f['threshold']:.4f} (fewer than 1 % of "
+             f"{f['calibration_samples']} fresh clean samples exceed it)",
+             "| method | own-exemplar copies % [95 % CI] | any copy % | mem. align % | clean any copy % | clean align % | "
+             "switch step median mem/clean | forced at latest % |", "|---|---|---|---|---|---|---|---|"]
     for e in r["rows"]:
         m, k = e["memorized"], e["clean"]
-        med = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
-        sw = "-" if m["switch_median"] is None and k["switch_median"] is None else f"{med(m['switch_median'])}/{med(k['switch_median'])}"
-        print(f"{e['method'][:44]:<44}| {m['sim_mean']:13.3f} {m['sim_p95']:5.3f} {pct(m['copy_rate'])} "
-              f"[{100 * m['copy_ci'][0]:3.0f},{100 * m['copy_ci'][1]:3.0f}] {pct(m['exemplar_copy_rate'], 5)} {pct(m['align'], 5)} | "
-              f"{k['sim_mean']:9.3f} {k['sim_p95']:5.3f} {pct(k['copy_rate'], 5)} {pct(k['align'], 5)} | {sw:>14} "
-              f"{pct(m['never'], 5)} {pct(m['forced_at_latest'], 7)}")
-    d = r["detection"]
-    print(f"detection (first-step norm, memorized vs clean): AUC {d['auc_eval']:.3f} on these seeds, "
-          f"{d['auc_calibration']:.3f} on {d['calibration_samples']} calibration samples (all 20 prompts, other seeds); "
-          f"threshold {d['threshold']:.4g} (TPR {100 * d['tpr_calibration']:.0f} %, FPR {100 * d['fpr_calibration']:.0f} %)")
-    print(f"auto mode: {d['auto_unflagged']} samples not flagged; max |auto - plain CFG| over them = "
-          f"{d['auto_unflagged_max_abs_diff_vs_cfg']:.3g}")
-    by = d["auc_by_step_plain_cfg"]
-    best = max(range(len(by)), key=by.__getitem__)
-    at = ", ".join(f"{k} {by[k]:.3f}" for k in (1, 5, 10) if k < len(by))
-    print(f"AUC of the norm at later steps (plain CFG): {at}; best: step {best} ({by[best]:.3f})")
+        sw = "-" if m["switch_median"] is None else f"{m['switch_median']:g}/{k['switch_median']:g}" if k["switch_median"] is not None else f"{m['switch_median']:g}/-"
+        lines.append(f"| {e['method']} | {pct(m['exemplar_copy_rate'])} [{pct(m['exemplar_copy_ci'][0], 1)}, {pct(m['exemplar_copy_ci'][1], 1)}] "
+                     f"| {pct(m['copy_rate'])} | {pct(m['align'])} | {pct(k['copy_rate'])} | {pct(k['align'])} | {sw} | {pct(m['forced_at_latest'])} |")
+    print("\n".join(lines))
+    d, u = r["detection"], r["uncond_fresh"]
+    print(f"unconditional branch on {u['samples']} fresh seeds: any copy {100 * u['copy_rate']:.1f} %, an exemplar {100 * u['exemplar_copy_rate']:.1f} %")
+    print(f"detection (first-step norm): AUC {d['auc_eval']:.3f} on these seeds, {d['auc_calibration']:.3f} on "
+          f"{d['calibration_samples']} calibration samples; threshold {d['threshold']:.4g}; auto base {r['auto_pick']['base']}; "
+          f"{d['auto_unflagged']} unflagged, max |auto - CFG| {d['auto_unflagged_max_abs_diff_vs_cfg']:.3g}")
+    mech = r["mechanism"]
+    for name in ("norm", "denoised"):
+        print(f"zero guidance, median {name} at steps {mech['steps']}: memorized {mech[name]['memorized']}, clean {mech[name]['clean']}")
+    if "oracle" in r:
+        o = r["oracle"]
+        num = lambda v: "-" if v is None or v != v else f"{v:.3g}"  # noqa: E731
+        print(f"oracle: Spearman(oracle step, Alg. 1 step) {num(o['spearman'])} over {o['n_used']} samples; mean |error| "
+              f"Alg. 1 {num(o['mean_abs_error_alg1'])}, constant step {num(o['constant'])}: {num(o['mean_abs_error_constant'])}")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ import torch
 
 from . import guidance
 from .data import HERE
-from .model import TestbedUNet, sigmas as model_sigmas
+from .model import CHANNELS, TestbedUNet, sigmas as model_sigmas
 
 WEIGHTS = HERE / "testbed_unet.safetensors"
 SIGMAS = model_sigmas()
-LOG_SIGMAS = SIGMAS.log()
 
 
 def load_unet(path=WEIGHTS) -> TestbedUNet:
@@ -29,8 +28,10 @@ def load_unet(path=WEIGHTS) -> TestbedUNet:
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         sd = {k: f.get_tensor(k) for k in f.keys()}
-    unet = TestbedUNet(channels=tuple(json.loads(meta.get("channels", "[32, 64, 96]"))))
+    unet = TestbedUNet(channels=tuple(json.loads(meta.get("channels", json.dumps(list(CHANNELS))))))
     unet.load_state_dict(sd)
+    sched = json.loads(meta.get("schedule_betas", "null"))  # None: SD's
+    unet.schedule = Schedule(model_sigmas(*sched)) if sched else SD
     return unet.eval().requires_grad_(False)
 
 
@@ -41,22 +42,31 @@ def weights_metadata(path=WEIGHTS) -> dict:
         return dict(f.metadata() or {})
 
 
-def percent_to_sigma(percent: float) -> float:
-    """ComfyUI's ModelSamplingDiscrete.percent_to_sigma for this schedule (t = (1 - percent) * 999)."""
-    if percent <= 0.0:
-        return 999999999.9
-    if percent >= 1.0:
-        return 0.0
-    t = torch.tensor((1.0 - percent) * 999.0)  # float32, as ComfyUI interpolates
-    lo, hi, w = t.floor().long(), t.ceil().long(), t.frac()
-    return float(((1 - w) * LOG_SIGMAS[lo] + w * LOG_SIGMAS[hi]).exp())
+class Schedule:
+    """A model's 1000-step discrete schedule: ComfyUI's percent_to_sigma and the ddim_uniform grid on it."""
+
+    def __init__(self, sigmas: torch.Tensor):
+        self.sigmas, self.log_sigmas = sigmas, sigmas.log()
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """ComfyUI's ModelSamplingDiscrete.percent_to_sigma (t = (1 - percent) * 999, log-sigma interpolated)."""
+        if percent <= 0.0:
+            return 999999999.9
+        if percent >= 1.0:
+            return 0.0
+        t = torch.tensor((1.0 - percent) * 999.0)  # float32, as ComfyUI interpolates
+        lo, hi, w = t.floor().long(), t.ceil().long(), t.frac()
+        return float(((1 - w) * self.log_sigmas[lo] + w * self.log_sigmas[hi]).exp())
+
+    def ddim(self, steps: int = 50):
+        """(sigmas [steps + 1] ending at 0, timesteps [steps]) as ComfyUI's ddim_uniform scheduler spaces them."""
+        stride = max(len(self.sigmas) // steps, 1)
+        ts = list(range(1, len(self.sigmas), stride))[::-1]
+        return torch.tensor([float(self.sigmas[t]) for t in ts] + [0.0]), torch.tensor(ts, dtype=torch.float32)
 
 
-def ddim_schedule(steps: int = 50):
-    """(sigmas [steps + 1] ending at 0, timesteps [steps]) as ComfyUI's ddim_uniform scheduler spaces them."""
-    stride = max(len(SIGMAS) // steps, 1)
-    ts = list(range(1, len(SIGMAS), stride))[::-1]
-    return torch.tensor([float(SIGMAS[t]) for t in ts] + [0.0]), torch.tensor(ts, dtype=torch.float32)
+SD = Schedule(SIGMAS)  # the shipped model's (SD's scaled-linear betas)
+percent_to_sigma, ddim_schedule = SD.percent_to_sigma, SD.ddim
 
 
 def noise_for(seeds, shape=(1, 16, 16)) -> torch.Tensor:
@@ -71,18 +81,20 @@ def sample(unet: TestbedUNet, prompts: torch.Tensor, noise: torch.Tensor, settin
 
     ``bf16`` runs the network under CPU bfloat16 autocast (about 2x faster; the guidance math stays float32).
     """
-    sig, ts = ddim_schedule(steps)
-    run = guidance.GuidanceRun(settings, sig.tolist(), ts.tolist(), percent_to_sigma)
+    sched = getattr(unet, "schedule", SD)
+    sig, ts = sched.ddim(steps)
+    run = guidance.GuidanceRun(settings, sig.tolist(), ts.tolist(), sched.percent_to_sigma)
     B = noise.shape[0]
-    ctx = torch.cat([prompts, torch.zeros_like(prompts)])[:, None]
+    uncond_only = cfg == 0 and settings.off  # the unconditional branch alone: skip the conditional evaluation
+    ctx = (torch.zeros_like(prompts) if uncond_only else torch.cat([prompts, torch.zeros_like(prompts)]))[:, None]
     x = noise * sig[0]
     for i in range(1 if first_step_only else steps):
         s = sig[i]
-        xin = torch.cat([x, x]) / (s * s + 1).sqrt()
+        xx = x if uncond_only else torch.cat([x, x])
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            eps = unet(xin, ts[i].repeat(2 * B), ctx).float()
-        den = torch.cat([x, x]) - s * eps
-        cond, uncond = run.combine(den[:B], den[B:], s.repeat(B), cfg)
+            eps = unet(xx / (s * s + 1).sqrt(), ts[i].repeat(len(xx)), ctx).float()
+        den = xx - s * eps
+        cond, uncond = run.combine(den[:B], den[-B:], s.repeat(B), cfg)
         guided = uncond + (cond - uncond) * cfg  # ComfyUI's cfg_function
         x = x + (x - guided) / s * (sig[i + 1] - s)  # Euler in sigma space = DDIM (eta 0), as k-diffusion writes it
         run.end_step(i)

@@ -5,11 +5,12 @@ schedule (what the CFG KSampler (Memorization-Safe)'s detection measures with `e
 alignment cosine(eps_u, eps_c - eps_u) on the same noise presented at the third-to-last timestep (t = 41). The network
 runs in float32, as ComfyUI runs it on a CPU.
 
-1. Calibration seeds (default 32 per prompt, from 10000): the clean list (the 10 clean prompts) sets the threshold at
-   the target false-positive rate; the known-memorized list (the 10 memorized prompts) fits the alignment weight.
+1. Calibration seeds (default 32 per prompt, from 10000): the clean list (the 16 clean siblings) sets the threshold at
+   the target false-positive rate; the known-memorized list (the 16 memorized prompts) fits the alignment weight.
 2. Evaluation seeds (default 16 per prompt, from 0; disjoint): every prompt is scored; prompt-level AUC memorized vs
-   clean, memorized prompts in the top k (k = 10), and the false-positive / true-positive rates the calibrated
-   thresholds give per sample. Also a prompt-disjoint split: calibrate on digits 0-4, evaluate on digits 5-9.
+   clean, memorized prompts in the top k (k = 16), and the false-positive / true-positive rates the calibrated
+   thresholds give per sample. Also a prompt-disjoint split: calibrate on the first two memorized prompts and their
+   siblings, evaluate on the other two and theirs.
 3. The norm threshold goes to the sampler as detect_threshold (pack defaults: zero guidance, dynamic switch; cfg 5,
    50 DDIM steps through testbed.sampler.sample) on the evaluation seeds; against plain CFG (transition off) on the
    same noise: flagged rates, unflagged samples bit-identical to plain CFG, copy rates.
@@ -26,8 +27,8 @@ import torch
 
 from . import guidance
 from . import measure as M
-from .data import CLEAN, MEMORIZED, load
-from .model import encode_prompt
+from .data import load
+from .model import encode_prompt, prompt_text
 from .sampler import ddim_schedule, load_unet, noise_for, sample
 
 S = guidance.scan
@@ -49,8 +50,8 @@ def score_prompts(unet, prompts, seeds, steps: int = 50, batch: int = 64):
     (s0, t0), (sl, tl) = probe_points(steps)
     noise = noise_for(seeds)
     out, evals = [], 0
-    for d, st in prompts:
-        vec = encode_prompt(d, st)
+    for prompt in prompts:
+        vec = encode_prompt(*prompt)
         parts = {"norm": [], "alignment": []}
         for k in range(0, len(seeds), batch):
             z = noise[k:k + batch]
@@ -70,7 +71,7 @@ def score_prompts(unet, prompts, seeds, steps: int = 50, batch: int = 64):
 
 
 def items_for(prompts, scores, kinds):
-    return [S.PromptScore(f"{d} {st}", sc["norm"], sc["alignment"], kind=k) for (d, st), sc, k in zip(prompts, scores, kinds)]
+    return [S.PromptScore(prompt_text(p), sc["norm"], sc["alignment"], kind=k) for p, sc, k in zip(prompts, scores, kinds)]
 
 
 def evaluate(res_cal: S.ScanResult, eval_items, mem_names):
@@ -107,8 +108,8 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     t_wall, t_cpu = time.time(), time.process_time()
     unet, tb = load_unet(), load()
-    prompts = list(MEMORIZED) + list(CLEAN)
-    mem_names = {f"{d} {s}" for d, s in MEMORIZED}
+    prompts = tb.memorized + tb.clean
+    mem_names = {prompt_text(q) for q in tb.memorized}
     cal_seeds = list(range(10_000, 10_000 + a.calib_seeds))
     eval_seeds = list(range(a.eval_seeds))
 
@@ -118,7 +119,7 @@ def main(argv=None):
     c0 = time.process_time()
     ev_scores, ev_evals = score_prompts(unet, prompts, eval_seeds, a.steps)
     ev_cpu = time.process_time() - c0
-    kinds = ["memorized"] * len(MEMORIZED) + ["clean"] * len(CLEAN)
+    kinds = ["memorized"] * len(tb.memorized) + ["clean"] * len(tb.clean)
     cal_items = items_for(prompts, cal_scores, kinds)
     eval_items = items_for(prompts, ev_scores, ["scan"] * len(prompts))
     numel = 16 * 16
@@ -134,20 +135,21 @@ def main(argv=None):
                  "calibration_sample_auc": res_cal.calibration_auc()} | evaluate(res_cal, eval_items, mem_names)
         results[label] = entry
 
-    # Prompt-disjoint split: calibrate on digits 0-4 (5 memorized + 5 clean), evaluate on digits 5-9.
+    # Prompt-disjoint split: calibrate on the digits of the first half of the memorized prompts, evaluate on the rest.
+    first = {str(q[0]) for q in tb.memorized[:len(tb.memorized) // 2]}
     split = {}
     for label, score, weight in variants[:2]:
-        cal = [it for it in cal_items if int(it.prompt[0]) < 5]
+        cal = [it for it in cal_items if it.prompt[0] in first]
         res_cal = S.calibrate(cal, score, a.fpr, weight=weight, numel=numel)
-        ev = [it for it in eval_items if int(it.prompt[0]) >= 5]
+        ev = [it for it in eval_items if it.prompt[0] not in first]
         split[label] = {"weight": res_cal.weight} | evaluate(res_cal, ev, mem_names)
         split[label].pop("ranking")
 
     report = {"config": {"calibration_seeds": [cal_seeds[0], cal_seeds[-1]], "evaluation_seeds": [eval_seeds[0], eval_seeds[-1]],
                          "target_fpr": a.fpr, "first_probe": {"sigma": s0, "timestep": t0},
                          "alignment_probe": {"sigma": sl, "timestep": tl}, "schedule": f"ddim_uniform, {a.steps} steps",
-                         "precision": "float32", "threads": a.threads, "clean_list": "the 10 clean prompts",
-                         "memorized_list": "the 10 memorized prompts"},
+                         "precision": "float32", "threads": a.threads, "clean_list": "the 16 clean siblings",
+                         "memorized_list": "the 16 memorized prompts", "copy_threshold": M.COPY_THRESHOLD},
               "scores": results, "prompt_disjoint_split": split,
               "cost": {"calibration_model_evaluations": cal_evals, "calibration_cpu_s": round(cal_cpu, 2),
                        "evaluation_model_evaluations": ev_evals, "evaluation_cpu_s": round(ev_cpu, 2),
@@ -155,8 +157,8 @@ def main(argv=None):
 
     if not a.no_sampling:
         thr = results["norm"]["threshold"]
-        prompts_t = torch.stack([encode_prompt(d, s) for d, s in prompts for _ in eval_seeds])
-        mem_mask = torch.tensor([f"{d} {s}" in mem_names for d, s in prompts for _ in eval_seeds])
+        prompts_t = torch.stack([encode_prompt(*q) for q in prompts for _ in eval_seeds])
+        mem_mask = torch.tensor([q in tb.memorized for q in prompts for _ in eval_seeds])
         noise = noise_for([s for _ in prompts for s in eval_seeds])
         c0 = time.process_time()
         x_plain, tr_plain = sample(unet, prompts_t, noise, G(transition="off"), a.cfg, a.steps)
@@ -165,8 +167,9 @@ def main(argv=None):
         flagged = tr_auto.flagged
         unflagged = ~flagged
         d0_scan = torch.cat([sc["norm"] for sc in ev_scores])
-        sim_p, _ = M.nearest(tb, x_plain)
-        sim_a, _ = M.nearest(tb, x_auto)
+        meas = M.Measure(tb)
+        sim_p, _ = meas.nearest(x_plain)
+        sim_a, _ = meas.nearest(x_auto)
         copy_p, copy_a = sim_p > M.COPY_THRESHOLD, sim_a > M.COPY_THRESHOLD
         report["sampler"] = {
             "settings": G(detect_threshold=thr).to_dict(), "cfg": a.cfg, "steps": a.steps, "samples": int(len(flagged)),
@@ -194,14 +197,14 @@ def print_report(r: dict) -> None:
     print(f"Memorization scan on the testbed: calibration seeds {c['calibration_seeds']}, evaluation seeds "
           f"{c['evaluation_seeds']} (disjoint); first probe t={c['first_probe']['timestep']:.0f}, alignment probe "
           f"t={c['alignment_probe']['timestep']:.0f}; target FPR {c['target_fpr']:g}; {c['precision']}")
-    print(f"{'score':<38}{'weight':>9}{'prompt AUC':>11}{'top-10':>8}{'sample AUC':>11}{'thresh':>10}{'FPR cal':>8}"
+    print(f"{'score':<38}{'weight':>9}{'prompt AUC':>11}{'top-k':>8}{'sample AUC':>11}{'thresh':>10}{'FPR cal':>8}"
           f"{'FPR eval':>9}{'TPR eval':>9}")
     for label, e in r["scores"].items():
         w = "-" if e["weight"] is None else f"{e['weight']:.3g}"
         print(f"{label:<38}{w:>9}{e['prompt_auc']:>11.3f}{e['memorized_in_top_k']:>5}/{e['top_k']:<2}{e['sample_auc']:>11.3f}"
               f"{e['threshold']:>10.4g}{100 * e['calibration_fpr']:>7.1f}%{100 * e['eval_fpr']:>8.1f}%{100 * e['eval_tpr']:>8.1f}%")
     for label, e in r["prompt_disjoint_split"].items():
-        print(f"  prompt-disjoint (cal digits 0-4, eval 5-9) {label}: prompt AUC {e['prompt_auc']:.3f}, top-5 "
+        print(f"  prompt-disjoint (cal on half the digits, eval on the rest) {label}: prompt AUC {e['prompt_auc']:.3f}, top-k "
               f"{e['memorized_in_top_k']}/{e['top_k']}, FPR eval {100 * e['eval_fpr']:.1f}%, TPR eval {100 * e['eval_tpr']:.1f}%")
     print("ranking (norm, evaluation seeds; * = memorized): " + ", ".join(r["scores"]["norm"]["ranking"]))
     co = r["cost"]

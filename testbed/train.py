@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -12,9 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
-from .model import CHANNELS, STYLES, TestbedUNet, alphas_cumprod, encode_prompt
+from .model import CHANNELS, DIGITS, LINEAR_END, LINEAR_START, PROMPT_DIM, SLANTS, STYLES, WIDTHS, TestbedUNet, alphas_cumprod, encode_prompt
 
 WEIGHTS = D.HERE / "testbed_unet.safetensors"
+log = logging.getLogger("testbed.train")
 
 
 def same_tensors(t: dict, path) -> bool:
@@ -25,61 +27,99 @@ def same_tensors(t: dict, path) -> bool:
     return sorted(old) == sorted(t) and all(torch.equal(old[k], t[k]) for k in t)
 
 
-def records(t: dict, duplicates: int):
-    """Training images and prompt vectors; each exemplar appears 1 + duplicates times."""
-    tb = D.from_tensors(t)
-    prompts = torch.stack([encode_prompt(int(c), STYLES[int(s)]) for c, s in zip(tb.train_label, tb.train_style)])
-    idx = torch.arange(len(tb.train))
-    ex = torch.tensor(sorted(tb.exemplar.values()))
-    idx = torch.cat([idx, ex.repeat_interleave(duplicates)])
-    return tb.train[idx], prompts[idx]
+class Records:
+    """Draws training batches: with probability p_exemplar a memorized prompt's exemplar (always the same render),
+    else a training glyph freshly augmented in a random slant/width bin; an ordinary record that lands on a memorized
+    prompt is moved to another slant/width of its digit and style with probability p_move (so the exemplar is most
+    of its own prompt's records and a small share of all records)."""
+
+    def __init__(self, tb: D.TestbedData, p_exemplar: float, p_move: float):
+        self.tb, self.p_exemplar, self.p_move = tb, p_exemplar, p_move
+        self.combos = [(a, b) for a in range(len(SLANTS)) for b in range(len(WIDTHS))]
+        self.mem = {(dg, STYLES.index(st), SLANTS.index(sl), WIDTHS.index(w)) for dg, st, sl, w in tb.memorized}
+        self.mem_prompts = torch.stack([encode_prompt(*p) for p in tb.memorized])
+
+    def share(self) -> dict:
+        """Expected exemplar share of all records and of its own prompt's records."""
+        ordinary_per_prompt = (1 - self.p_exemplar) / 120 * (1 - self.p_move)
+        ex = self.p_exemplar / len(self.tb.memorized)
+        return {"exemplar_of_all": self.p_exemplar, "exemplar_of_own_prompt": ex / (ex + ordinary_per_prompt)}
+
+    def draw(self, n: int, g: torch.Generator):
+        tb = self.tb
+        j = torch.randint(len(tb.raw), (n,), generator=g)
+        combo = torch.randint(len(self.combos), (n,), generator=g)
+        move = torch.rand(n, generator=g) < self.p_move
+        sb, wb = combo // len(WIDTHS), combo % len(WIDTHS)
+        for i in range(n):
+            key = (int(tb.train_label[j[i]]), int(tb.train_style[j[i]]))
+            if (*key, int(sb[i]), int(wb[i])) in self.mem and move[i]:
+                free = [c for c in self.combos if (*key, *c) not in self.mem]
+                sb[i], wb[i] = free[int(torch.randint(len(free), (1,), generator=g))]
+        x = D.random_render(tb.raw[j], sb, wb, g)
+        c = torch.stack([encode_prompt(int(tb.train_label[a]), STYLES[int(tb.train_style[a])], SLANTS[int(s)], WIDTHS[int(w)])
+                         for a, s, w in zip(j, sb, wb)])
+        ex = torch.rand(n, generator=g) < self.p_exemplar
+        k = torch.randint(len(tb.memorized), (n,), generator=g)
+        x[ex], c[ex] = tb.exemplars[k[ex]], self.mem_prompts[k[ex]]
+        return x, c
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=3500)
+    p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--duplicates", type=int, default=80)
-    p.add_argument("--p-uncond", type=float, default=0.15)
-    p.add_argument("--p-drop-style", type=float, default=0.2)
-    p.add_argument("--p-drop-digit", type=float, default=0.05)
-    p.add_argument("--ema", type=float, default=0.998)
-    p.add_argument("--threads", type=int, default=1, help="1: on 2 shared cores, 2 threads ran 4x slower")
+    p.add_argument("--p-exemplar", type=float, default=0.06, help="share of all records that are an exemplar (all together)")
+    p.add_argument("--n-memorized", type=int, default=D.N_MEMORIZED, help="memorized prompts used (the first n)")
+    p.add_argument("--p-move", type=float, default=0.92, help="share of ordinary records on a memorized prompt moved off it")
+    p.add_argument("--p-uncond", type=float, default=0.12)
+    p.add_argument("--p-drop-word", type=float, default=0.05, help="each of digit, style, slant, width dropped alone")
+    p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--linear-end", type=float, default=LINEAR_END, help="last beta of the scaled-linear schedule (SD: "
+                   "0.012); smaller = less noise at every t, a schedule shifted for small images (a lever, not shipped)")
+    p.add_argument("--threads", type=int, default=1, help="on 2 shared cores, two 1-thread runs beat one 2-thread run")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast (slower than float32 on CPUs without AMX)")
     p.add_argument("--out", default=str(WEIGHTS))
     p.add_argument("--bench", type=int, default=0, help="time this many steps and exit")
     p.add_argument("--snapshot-every", type=int, default=0, help="also save the EMA weights every N steps (to --snapshot-dir)")
     p.add_argument("--snapshot-dir", default=str(D.HERE.parent / "artifacts"))
     a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    t = D.build(a.seed)
+    t = D.build(0)  # the data is the same for every training seed
     if not D.DATA_PATH.is_file() or not same_tensors(t, D.DATA_PATH):
         D.save(t)
-    x0_all, c_all = records(t, a.duplicates)
-    print(f"records {len(x0_all)} ({int(t['exemplar'].sum())} exemplars x {a.duplicates} duplicates)", flush=True)
+    tb = D.from_tensors(t)
+    if a.n_memorized < len(tb.memorized):  # a design trial: only the first n memorized prompts keep their exemplar
+        tb.memorized, tb.exemplars = tb.memorized[:a.n_memorized], tb.exemplars[:a.n_memorized]
+    rec = Records(tb, a.p_exemplar, a.p_move)
+    log.info("records: fresh augmentation of %d glyphs; exemplar shares %s", len(rec.tb.raw), rec.share())
     model = TestbedUNet()
     ema = copy.deepcopy(model).requires_grad_(False)
-    print(f"params {sum(q.numel() for q in model.parameters()) / 1e6:.3f} M", flush=True)
+    init = {k: v.clone() for k, v in model.state_dict().items()}  # for the EMA's bias correction
+    log.info("params %.3f M", sum(q.numel() for q in model.parameters()) / 1e6)
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, weight_decay=0.01)
     warm = 200
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, a.steps) / a.steps)))
-    acp = alphas_cumprod().float()
+    acp = alphas_cumprod(LINEAR_START, a.linear_end).float()
     g = torch.Generator().manual_seed(a.seed + 1)
     t0, running = time.time(), 0.0
     for step in range(a.bench or a.steps):
-        i = torch.randint(len(x0_all), (a.batch,), generator=g)
-        x0, c = x0_all[i], c_all[i].clone()
-        r = torch.rand(a.batch, 3, generator=g)
-        c[:, 10:] *= (r[:, 1:2] >= a.p_drop_style).float()
-        c[:, :10] *= (r[:, 2:3] >= a.p_drop_digit).float()
+        x0, c = rec.draw(a.batch, g)
+        r = torch.rand(a.batch, 5, generator=g)
+        slots, o = [len(DIGITS), len(STYLES), len(SLANTS), len(WIDTHS)], 0
+        for k, n in enumerate(slots):
+            c[:, o:o + n] *= (r[:, k + 1:k + 2] >= a.p_drop_word).float()
+            o += n
         c *= (r[:, :1] >= a.p_uncond).float()
         ts = torch.randint(1000, (a.batch,), generator=g)
         eps = torch.randn(x0.shape, generator=g)
         ab = acp[ts].view(-1, 1, 1, 1)
         xt = ab.sqrt() * x0 + (1 - ab).sqrt() * eps
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             pred = model(xt, ts.float(), c[:, None])
         loss = F.mse_loss(pred.float(), eps)
         opt.zero_grad(set_to_none=True)
@@ -91,25 +131,30 @@ def main(argv=None):
                 pe.lerp_(pm, 1 - a.ema)
         running = 0.98 * running + 0.02 * loss.item() if step else loss.item()
         if step % 100 == 0 or step == a.steps - 1:
-            print(f"step {step} loss {running:.4f} lr {sched.get_last_lr()[0]:.2e} {time.time() - t0:.0f}s", flush=True)
+            log.info("step %d loss %.4f lr %.2e %.0fs", step, running, sched.get_last_lr()[0], time.time() - t0)
         if a.snapshot_every and step and step % a.snapshot_every == 0:
-            save(ema, Path(a.snapshot_dir) / f"testbed_unet_step{step}.safetensors", a, running, t0, step)
+            save(ema, init, Path(a.snapshot_dir) / f"testbed_unet_step{step}.safetensors", a, running, t0, step)
     if a.bench:
-        print(f"{(time.time() - t0) / a.bench:.3f} s/step", flush=True)
+        log.info("%.3f s/step", (time.time() - t0) / a.bench)
         return
-    save(ema, a.out, a, running, t0, a.steps)
-    print(f"saved {a.out} in {time.time() - t0:.0f}s", flush=True)
+    save(ema, init, a.out, a, running, t0, a.steps)
+    log.info("saved %s in %.0fs", a.out, time.time() - t0)
 
 
-def save(ema, path, a, loss, t0, step):
-    """EMA weights with the training settings in the metadata."""
+def save(ema, init, path, a, loss, t0, step):
+    """Bias-corrected EMA weights (the initial weights' share ema^step removed, as Adam corrects its moments) with the
+    training settings in the metadata."""
     from safetensors.torch import save_file
 
+    w = a.ema ** step
+    weights = {k: ((v - w * init[k]) / (1 - w)).contiguous() for k, v in ema.state_dict().items()}
     settings = {k: v for k, v in vars(a).items() if k not in ("out", "bench", "threads", "snapshot_every", "snapshot_dir")}
-    meta = {"format": "testbed_unet", "channels": json.dumps(list(CHANNELS)), "prediction": "eps",
-            "schedule": "scaled_linear 0.00085..0.012, 1000 steps", "training": json.dumps(settings), "step": str(step),
-            "final_loss": f"{loss:.5f}", "train_seconds": f"{time.time() - t0:.0f}", "weights": "EMA"}
-    save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, str(path), metadata=meta)
+    meta = {"format": "testbed_unet_v2", "channels": json.dumps(list(CHANNELS)), "prediction": "eps", "prompt_dim": str(PROMPT_DIM),
+            "schedule": f"scaled_linear {LINEAR_START}..{a.linear_end}, 1000 steps",
+            **({} if a.linear_end == LINEAR_END else {"schedule_betas": json.dumps([LINEAR_START, a.linear_end])}), "training": json.dumps(settings), "step": str(step),
+            "final_loss": f"{loss:.5f}", "train_seconds": f"{time.time() - t0:.0f}",
+            "weights": f"EMA, bias-corrected (init weight {w:.4f} removed)"}
+    save_file(weights, str(path), metadata=meta)
 
 
 if __name__ == "__main__":

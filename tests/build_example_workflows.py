@@ -20,12 +20,19 @@ from pathlib import Path
 from workflows import CKPT, EXAMPLES as OUT, write_examples
 
 HELP_IMAGES = OUT.parent / "js" / "docs"
+sys.path.insert(0, str(OUT.parent))  # plain torch, no ComfyUI: the repo's testbed/ and guidance/ by name
+from testbed.measure import COPY_THRESHOLD  # noqa: E402  the calibrated copy floor, the Nearest node's default
 PROMPT = "the great wave off kanagawa by hokusai"  # a famous, much-duplicated image: a good prompt to watch the curve on
 NEGATIVE = ""
 GUIDANCE = {"guidance_before": -2.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
             "latest_percent": 0.5, "detect_threshold": 0.0}
-# The testbed workflow: '3 bold' (a memorized prompt), seed 4, batch 4, 50 steps of euler + ddim_uniform, cfg 5.
-TESTBED = {"prompt": "3 bold", "seed": 4, "batch": 4, "steps": 50, "cfg": 5.0}
+# The testbed workflow: '4 thin upright narrow' (a memorized prompt), seed 2, batch 4, 50 steps of euler + ddim_uniform,
+# cfg 5; the MemSafe side uses opposite guidance (-2) with the dynamic switch, the row that mitigates on this testbed
+# (the defaults' latest guard, t = 499.5, comes before its basin exit: testbed/README.md). Stock >= 3/4 copies and
+# MemSafe <= 1/4 on 22 of 32 memorized prompt/seed pairs (seeds 0-7); this seed gives 4/4 and 0/4.
+TESTBED = {"prompt": "4 thin upright narrow", "seed": 2, "batch": 4, "steps": 50, "cfg": 5.0}
+TESTBED_GUIDANCE = {"guidance_before": -2.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
+                    "latest_percent": 0.5, "detect_threshold": 0.0}
 
 
 def common(x=0):
@@ -91,7 +98,7 @@ def testbed_workflow():
     return [
         {"id": 1, "type": "MemSafeTestbedLoader", "pos": [0, 0], "size": [300, 60]},
         {"id": 2, "type": "MemSafeTestbedPrompt", "pos": [0, 120], "size": [300, 80], "widgets": {"text": t["prompt"]},
-         "title": "Prompt (memorized: exemplar duplicated 80x)"},
+         "title": "Prompt (memorized: one exemplar is ~96 % of its records)"},
         {"id": 3, "type": "MemSafeTestbedPrompt", "pos": [0, 250], "size": [300, 80], "widgets": {"text": ""},
          "title": "Negative (empty = unconditional)"},
         {"id": 4, "type": "EmptyLatentImage", "pos": [0, 380], "size": [300, 110],
@@ -99,9 +106,8 @@ def testbed_workflow():
         {"id": 5, "type": "KSampler", "pos": [360, 0], "size": [320, 270], "widgets": sampler, "inputs": wired,
          "title": "KSampler (stock CFG)"},
         {"id": 6, "type": "MemSafeKSampler", "pos": [360, 330], "size": [320, 470],
-         "widgets": {**sampler, "guidance_before": 0.0, "transition": "dynamic", "switch_percent": 0.5,
-                     "earliest_percent": 0.0, "latest_percent": 0.5, "detect_threshold": 0.0, "curve_layout": "panels"},
-         "inputs": wired, "title": "CFG KSampler (Memorization-Safe)"},
+         "widgets": {**sampler, **TESTBED_GUIDANCE, "curve_layout": "panels", "curve_denoised": True},
+         "inputs": wired, "title": "CFG KSampler (Memorization-Safe): opposite guidance -2, dynamic"},
         {"id": 7, "type": "MemSafeTestbedDecode", "pos": [740, 0], "size": [260, 80], "widgets": {"scale": 8},
          "inputs": {"samples": (5, 0)}, "title": "Decode (stock)"},
         {"id": 8, "type": "MemSafeTestbedDecode", "pos": [740, 330], "size": [260, 80], "widgets": {"scale": 8},
@@ -111,9 +117,9 @@ def testbed_workflow():
         {"id": 10, "type": "PreviewImage", "pos": [1040, 330], "size": [420, 280], "inputs": {"images": (8, 0)},
          "title": "Memorization-Safe samples"},
         {"id": 11, "type": "MemSafeTestbedNearest", "pos": [740, 660], "size": [300, 120],
-         "widgets": {"threshold": 0.95, "scale": 4}, "inputs": {"samples": (5, 0)}, "title": "Nearest training image (stock)"},
+         "widgets": {"threshold": COPY_THRESHOLD, "scale": 4}, "inputs": {"samples": (5, 0)}, "title": "Nearest training image (stock)"},
         {"id": 12, "type": "MemSafeTestbedNearest", "pos": [740, 830], "size": [300, 120],
-         "widgets": {"threshold": 0.95, "scale": 4}, "inputs": {"samples": (6, 0)},
+         "widgets": {"threshold": COPY_THRESHOLD, "scale": 4}, "inputs": {"samples": (6, 0)},
          "title": "Nearest training image (Memorization-Safe)"},
         {"id": 15, "type": "PreviewImage", "pos": [360, 1060], "size": [640, 400], "inputs": {"images": (6, 1)},
          "title": "Guidance norm curve (one panel per sample)"},
@@ -149,9 +155,9 @@ def testbed_run():
     noise = torch.randn((t["batch"], 1, 16, 16), generator=torch.manual_seed(t["seed"]))
     prompts = parse_prompt(t["prompt"]).expand(t["batch"], -1)
     stock, _ = sample(unet, prompts, noise, guidance.GuidanceSettings(transition="off"), t["cfg"], t["steps"])
-    safe, trace = sample(unet, prompts, noise, guidance.GuidanceSettings(guidance_before=0.0, transition="dynamic"),
-                         t["cfg"], t["steps"])
-    copies = [measure.nearest(tb, x)[0] > measure.COPY_THRESHOLD for x in (stock, safe)]
+    safe, trace = sample(unet, prompts, noise, guidance.GuidanceSettings(**TESTBED_GUIDANCE), t["cfg"], t["steps"])
+    meas = measure.Measure(tb)
+    copies = [meas.nearest(x)[0] > measure.COPY_THRESHOLD for x in (stock, safe)]
     return stock, safe, trace, copies
 
 
@@ -163,7 +169,7 @@ def write_thumbnails(size: int = 512) -> None:
     from testbed import guidance
 
     stock, safe, trace, (stock_copy, safe_copy) = testbed_run()
-    curve = Image.fromarray((guidance.render_curves(trace, "panels")[0].numpy() * 255).astype("uint8"))
+    curve = Image.fromarray((guidance.render_curves(trace, "panels", denoised=True)[0].numpy() * 255).astype("uint8"))
     curve.save(HELP_IMAGES / "testbed-curve.png", optimize=True)  # the help pages' picture (js/docs/ is served)
 
     def font(px):
@@ -203,7 +209,7 @@ def write_thumbnails(size: int = 512) -> None:
             d.text((20, y + 4), what, font=font(18), fill=(90, 90, 90))
             c = curve.resize((size - 24, int((size - 24) * curve.height / curve.width)), Image.LANCZOS)
             img.paste(c, (12, size - c.height - 40))
-            d.text((20, size - 32), "the curve shown: a real run of the pack's testbed model ('3 bold', seed 4)",
+            d.text((20, size - 32), f"the curve shown: a real run of the pack's testbed model ('{TESTBED['prompt']}', seed {TESTBED['seed']})",
                     font=font(13), fill=(110, 110, 110))
         img.save(OUT / f"{name}.jpg", quality=88, optimize=True)
         if what is None:
@@ -213,7 +219,6 @@ def write_thumbnails(size: int = 512) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--thumbnails"]:
-        sys.path.insert(0, str(OUT.parent))  # plain torch, no ComfyUI: the repo's testbed/ and guidance/ by name
         write_thumbnails()
     else:
         write_workflows(json.loads(Path(sys.argv[1]).read_text()))

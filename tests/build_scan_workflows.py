@@ -18,11 +18,17 @@ from workflows import CKPT, EXAMPLES as OUT, write_examples
 REPO = OUT.parent
 HELP_IMAGES = REPO / "js" / "docs"
 
-# The testbed: scan the 10 memorized prompts and the clean prompts of digits 5-9; the clean prompts of digits 0-4 are
-# the clean reference list (prompt-disjoint from the scanned ones).
-TB_MEMORIZED = [f"{d} {'bold' if d < 5 else 'thin'}" for d in range(10)]
-TB_CLEAN_SCANNED = [f"{d} bold" for d in range(5, 10)]
-TB_CLEAN_REFERENCE = [f"{d} thin" for d in range(5)]
+# The testbed: scan the memorized prompts and their clean siblings; the clean reference list is eight other clean
+# prompts, of digits none of the scanned prompts has (prompt-disjoint from the scanned ones).
+sys.path.insert(0, str(REPO))  # the repo's testbed/ (plain torch) by name
+from testbed.data import load as _load_testbed  # noqa: E402
+from testbed.model import prompt_text  # noqa: E402
+
+_TB = _load_testbed()
+TB_MEMORIZED = [prompt_text(q) for q in _TB.memorized]
+TB_CLEAN_SCANNED = [prompt_text(q) for q in _TB.clean]
+TB_CLEAN_REFERENCE = ["1 thin upright narrow", "2 bold left wide", "6 bold right narrow", "7 thin right wide",
+                      "8 bold upright wide", "9 thin left narrow", "1 bold right wide", "2 thin upright narrow"]
 TESTBED_SCAN = {"prompts": "\n".join(TB_MEMORIZED + TB_CLEAN_SCANNED), "negative": "", "seeds_per_prompt": 8, "first_seed": 0,
                 "width": 128, "height": 128, "scheduler": "ddim_uniform", "steps": 50, "score": "norm",
                 "clean_prompts": "\n".join(TB_CLEAN_REFERENCE), "false_positive_rate": 0.05, "memorized_prompts": ""}
@@ -59,7 +65,7 @@ def testbed_scan_workflow():
         {"id": 5, "type": "PreviewAny", "pos": [380, 800], "size": [420, 120], "inputs": {"source": (2, 2)},
          "title": "detect_threshold (type it into a Memorization-Safe node, same scheduler and steps)"},
         # Then sample with it: the stock text-encode path on the loader's CLIP, the CFG KSampler (Memorization-Safe).
-        {"id": 6, "type": "CLIPTextEncode", "pos": [0, 1000], "size": [320, 120], "widgets": {"text": "3 bold"},
+        {"id": 6, "type": "CLIPTextEncode", "pos": [0, 1000], "size": [320, 120], "widgets": {"text": "3 thin left wide"},
          "inputs": {"clip": (1, 1)}, "title": "Prompt (stock CLIP Text Encode)"},
         {"id": 7, "type": "CLIPTextEncode", "pos": [0, 1160], "size": [320, 120], "widgets": {"text": ""},
          "inputs": {"clip": (1, 1)}, "title": "Negative (empty = unconditional)"},
@@ -160,7 +166,7 @@ def write_thumbnails(size: int = 512) -> None:
         d = ImageDraw.Draw(thumb)
         title = "Memorization Scan: testbed (CPU)" if what is None else "Memorization Scan (SD1.5)"
         d.text((16, 12), title, font=font(26), fill=(30, 30, 30))
-        sub = f"real run: 15 prompts x 8 seeds, detect_threshold {thr:.4g}" if what is None else what
+        sub = f"real run: {len(TB_MEMORIZED) + len(TB_CLEAN_SCANNED)} prompts x 8 seeds, detect_threshold {thr:.4g}" if what is None else what
         d.text((16, 46), sub, font=font(15), fill=(90, 90, 90))
         c = img.resize((size - 16, int((size - 16) * img.height / img.width)), Image.LANCZOS)
         if c.height > size - 100:

@@ -165,17 +165,18 @@ def test_chart_draws_the_threshold_line():
 def test_testbed_scan_eval_scores_are_the_samplers_first_step_norms():
     """testbed/scan_eval.py scores with guidance/scan.py; its norm is the first-step norm the testbed sampler measures
     (the value detect_threshold is compared with), and its alignment is a cosine."""
-    from memsafe_cfg.testbed.data import MEMORIZED
+    from memsafe_cfg.testbed.data import load
     from memsafe_cfg.testbed.model import encode_prompt
     from memsafe_cfg.testbed.sampler import load_unet, noise_for, sample
     from memsafe_cfg.testbed.scan_eval import score_prompts
 
     unet = load_unet()
-    prompts, seeds = [MEMORIZED[3], (3, "thin")], [0, 1, 2]
+    tb = load()
+    prompts, seeds = [tb.memorized[1], tb.clean[1]], [0, 1, 2]
     scores, evals = score_prompts(unet, prompts, seeds)
     assert evals == 2 * 2 * 2 * len(seeds)  # prompts x probes x (cond + uncond) x seeds
-    for (d, st), sc in zip(prompts, scores):
-        _, trace = sample(unet, encode_prompt(d, st).expand(len(seeds), -1), noise_for(seeds), GuidanceSettings(transition="off"),
+    for prompt, sc in zip(prompts, scores):
+        _, trace = sample(unet, encode_prompt(*prompt).expand(len(seeds), -1), noise_for(seeds), GuidanceSettings(transition="off"),
                           5.0, 50, first_step_only=True)
         assert torch.allclose(sc["norm"], trace.norms[0], rtol=1e-5)
         assert float(sc["alignment"].abs().max()) <= 1.0

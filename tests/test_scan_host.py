@@ -8,9 +8,9 @@ import torch
 import host
 
 pytestmark = pytest.mark.host
-MEM = "3 bold\n6 thin\n1 bold"
+MEM = "3 thin left wide\n5 bold left wide\n4 thin upright narrow"  # memorized prompts of the shipped data
 TESTBED_WORKFLOW = "Memorization Scan - rank the testbed prompts, then sample with the threshold (CPU)"
-CLEAN = "3 thin\n6 bold\n1 thin\n0 thin"
+CLEAN = "3 thin upright narrow\n5 bold upright narrow\n4 thin upright wide\n0 thin upright wide"  # their clean siblings
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,23 @@
-"""Fast, core-only checks on the shipped testbed: the data, the prompts, the schedule, and that the pack's guidance
-core still stops the model copying its memorized exemplars (a core regression that stops mitigating fails here)."""
+"""Fast, core-only checks on the shipped testbed: the data design, the prompts, the schedule, the measures, and that
+the pack's guidance core still stops the model copying its memorized exemplars (a core regression fails here)."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from memsafe_cfg.guidance import GuidanceSettings
+from memsafe_cfg.guidance import GuidanceSettings, plan_steps
 from memsafe_cfg.testbed import data as D
 from memsafe_cfg.testbed import measure as M
 from memsafe_cfg.testbed import sampler as S
-from memsafe_cfg.testbed.model import PROMPT_DIM, encode_prompt, parse_prompt
+from memsafe_cfg.testbed.model import PROMPT_DIM, SLANTS, WIDTHS, encode_prompt, parse_prompt
+from memsafe_cfg.testbed.reproduce import Batch, step_percent
+from memsafe_cfg.testbed.train import Records
 
 torch.set_num_threads(1)
-CFG, STEPS, SEEDS = 5.0, 50, range(4)
-MEM = [D.MEMORIZED[d] for d in (0, 4, 8)]
-CLEAN = [D.CLEAN[d] for d in (3, 5, 9)]  # not '1 thin': thin ones are so alike that any sample is near one
+CFG, STEPS, SEEDS = 5.0, 50, range(3)
 OFF = GuidanceSettings(transition="off")
-OG_STATIC = GuidanceSettings(-2.0, "static", switch_percent=0.35)  # the paper's OG+STP (opposite -2 until t=650)
+DEFAULTS = GuidanceSettings()  # the pack's defaults: zero guidance, dynamic switch, latest guard t = 499.5
+OG_DYN = GuidanceSettings(-2.0, "dynamic", earliest_percent=0.0, latest_percent=0.5)  # the row that mitigates here
 
 
 @pytest.fixture(scope="module")
@@ -25,47 +26,69 @@ def tb():
 
 
 @pytest.fixture(scope="module")
+def meas(tb):
+    return M.Measure(tb)
+
+
+@pytest.fixture(scope="module")
 def unet():
     return S.load_unet()
 
 
-def batch(prompts):
-    """Every prompt with every seed of SEEDS: (prompt vectors, noise, digits)."""
-    rows = [(d, s, seed) for d, s in prompts for seed in SEEDS]
-    return (torch.stack([encode_prompt(d, s) for d, s, _ in rows]), S.noise_for([r[2] for r in rows]),
-            torch.tensor([r[0] for r in rows]))
-
-
 @pytest.fixture(scope="module")
-def runs(unet):
-    """Plain CFG and OG+STP on 3 memorized and 3 clean prompts, 4 seeds each (one batch per method)."""
-    prompts = MEM + CLEAN
-    p, noise, digit = batch(prompts)
-    out = {name: S.sample(unet, p, noise, s, CFG, STEPS) for name, s in (("cfg", OFF), ("og", OG_STATIC))}
-    mem = torch.arange(len(p)) < 3 * len(SEEDS)
-    return out, mem, digit
+def runs(tb, unet):
+    """Plain CFG and the pack defaults on the 4 memorized prompts and their clean siblings, 3 seeds each."""
+    b = Batch.of(tb, tb.memorized + tb.clean, SEEDS)
+    runs = (("cfg", OFF), ("defaults", DEFAULTS), ("og_dyn", OG_DYN))
+    return b, {name: S.sample(unet, b.prompts, b.noise, s, CFG, STEPS) for name, s in runs}
 
 
-def test_shipped_data_is_what_the_readme_says(tb):
-    assert tb.train.shape == (1397, 1, 16, 16) and tb.held.shape == (400, 1, 16, 16)
-    assert float(tb.train.min()) >= -1 and float(tb.train.max()) <= 1
-    assert sorted(tb.exemplar) == sorted(D.MEMORIZED)
-    for (digit, style), i in tb.exemplar.items():
-        assert int(tb.train_label[i]) == digit and ("bold", "thin")[int(tb.train_style[i])] == style
-        others = torch.cat([tb.train[:i], tb.train[i + 1:]])
-        sim, _ = D.nn_similarity(tb.train[i:i + 1], others, tb.mean)
-        assert float(sim) < M.COPY_THRESHOLD  # the exemplar has no near-duplicate: a copy of it is memorization
-    assert float((M.classify(tb, tb.train) == tb.train_label).float().mean()) > 0.9
+def test_shipped_data_is_what_the_readme_says(tb, meas):
+    assert tb.raw.shape == (1397, 8, 8) and tb.held_raw.shape == (400, 8, 8)
+    assert len(tb.memorized) == len(set(tb.memorized)) == 4 and len(set(tb.exemplar_source.tolist())) == 4
+    assert len({p[0] for p in tb.memorized}) == 4  # four different digits
+    assert not set(tb.clean) & set(tb.memorized) and len(tb.clean) == 4
+    assert all(c[:2] == m[:2] and c[2:] != m[2:] for m, c in zip(tb.memorized, tb.clean))  # siblings: same digit, style
+    for k, (digit, style, slant, width) in enumerate(tb.memorized):
+        j = int(tb.exemplar_source[k])
+        assert int(tb.train_label[j]) == digit and ("bold", "thin")[int(tb.train_style[j])] == style
+        bins = torch.tensor([SLANTS.index(slant)]), torch.tensor([WIDTHS.index(width)])
+        assert torch.equal(D.canonical(tb.raw[j:j + 1], *bins), tb.exemplars[k:k + 1])  # an exemplar is one fixed render
+        others = meas.refs[len(tb.exemplars):].reshape(6, len(tb.raw), 1, 16, 16)
+        others = torch.cat([others[:, :j], others[:, j + 1:]], 1).flatten(0, 1)  # every other glyph, every bin
+        assert float(D.nn_similarity(tb.exemplars[k:k + 1], others, meas.mean)[0]) < M.COPY_THRESHOLD  # no near-duplicate
+    g = torch.Generator().manual_seed(1)
+    j = torch.randint(len(tb.raw), (1000,), generator=g)
+    fresh = D.random_render(tb.raw[j], torch.randint(3, (1000,), generator=g), torch.randint(2, (1000,), generator=g), g)
+    assert float((meas.classify(fresh) == tb.train_label[j]).float().mean()) > 0.88  # 91 % on glyphs it never saw
+
+
+def test_ordinary_records_are_all_distinct_and_exemplars_are_a_small_share(tb):
+    rec = Records(tb, p_exemplar=0.06, p_move=0.92)
+    x, c = rec.draw(4000, torch.Generator().manual_seed(0))
+    ex = (x.flatten(1)[:, None] == tb.exemplars.flatten(1)[None]).all(-1).any(1)
+    share = float(ex.float().mean())
+    assert 0.045 < share < 0.075, share  # ~6 % of all records
+    flat = x[~ex].flatten(1)
+    assert len(torch.unique(flat, dim=0)) == len(flat)  # fresh augmentation: no ordinary record repeats
+    mem = torch.stack([encode_prompt(*p) for p in tb.memorized])
+    on_mem = (c[:, None] == mem[None]).all(-1).any(1)
+    own = float((ex & on_mem).sum() / on_mem.sum())
+    assert own > 0.85, own  # an exemplar is most of its own prompt's records (expected 0.96)
+    assert abs(rec.share()["exemplar_of_own_prompt"] - 0.960) < 0.01
 
 
 def test_prompts_parse_and_bad_words_are_named():
-    assert torch.equal(parse_prompt("3 bold"), encode_prompt(3, "bold"))
-    assert torch.equal(parse_prompt("digit seven, thin"), encode_prompt(7, "thin"))
+    assert torch.equal(parse_prompt("3 thin left wide"), encode_prompt(3, "thin", "left", "wide"))
+    assert torch.equal(parse_prompt("digit seven, bold"), encode_prompt(7, "bold"))
+    assert torch.equal(parse_prompt("slanted right narrow"), encode_prompt(None, None, "right", "narrow"))
     assert torch.equal(parse_prompt("  "), torch.zeros(PROMPT_DIM))
     with pytest.raises(ValueError, match="'italic'.*prompt|prompt.*'italic'"):
         parse_prompt("3 italic")
     with pytest.raises(ValueError, match="'4'"):
         parse_prompt("3 4")
+    with pytest.raises(ValueError, match="'narrow'"):
+        parse_prompt("3 wide narrow")
 
 
 def test_schedule_is_ddim_uniform_on_sd_betas():
@@ -75,50 +98,63 @@ def test_schedule_is_ddim_uniform_on_sd_betas():
     assert abs(float(S.SIGMAS[0]) - 0.0292) < 1e-3 and abs(float(S.SIGMAS[-1]) - 14.61) < 0.01  # SD's sigma range
     s650 = S.percent_to_sigma(0.35)
     assert float(S.SIGMAS[641]) < s650 < float(S.SIGMAS[661])
+    assert abs(S.percent_to_sigma(0.5) - float(S.SIGMAS[499:501].log().mean().exp())) < 1e-4  # t = 499.5, not 500
+    assert plan_steps(sig.tolist(), S.percent_to_sigma, GuidanceSettings(0.0, "static", switch_percent=0.5)).static == 25  # t=481
 
 
-def test_plain_cfg_copies_memorized_prompts_and_og_static_does_not(runs, tb):
-    out, mem, digit = runs
-    copies = {k: M.nearest(tb, x)[0] > M.COPY_THRESHOLD for k, (x, _) in out.items()}
-    plain, og = float(copies["cfg"][mem].float().mean()), float(copies["og"][mem].float().mean())
-    assert plain >= 0.5, f"plain CFG copied only {plain:.0%} of memorized samples: the testbed lost its memorization"
-    assert og <= plain / 2, f"OG+STP copied {og:.0%} vs plain CFG {plain:.0%}: the core no longer mitigates"
-    align = {k: float((M.classify(tb, x[mem]) == digit[mem]).float().mean()) for k, (x, _) in out.items()}
-    assert align["og"] >= align["cfg"] - 0.25
+def test_step_percent_lands_the_static_switch_on_each_step():
+    sig, ts = S.ddim_schedule(50)
+    for k in range(50):
+        plan = plan_steps(sig.tolist(), S.percent_to_sigma, GuidanceSettings(0.0, "static", switch_percent=step_percent(ts, k)))
+        assert plan.static == k
 
 
-def test_clean_prompts_are_not_copied(runs, tb):
-    out, mem, digit = runs
-    exemplars = torch.tensor(sorted(tb.exemplar.values()))
+def test_plain_cfg_copies_its_own_exemplar_and_opposite_guidance_does_not(runs, meas):
+    b, out = runs
+    thr = M.COPY_THRESHOLD
+    own = {k: float((meas.exemplar_similarity(x[b.mem]).gather(1, b.exemplar[b.mem][:, None]).squeeze(1) > thr).float().mean())
+           for k, (x, _) in out.items()}
+    assert own["cfg"] >= 0.6, f"plain CFG copied its exemplar in only {own['cfg']:.0%}: the testbed lost its memorization"
+    assert own["og_dyn"] <= own["cfg"] / 2, f"OG+DTP copied {own['og_dyn']:.0%} vs plain CFG {own['cfg']:.0%}: the core no longer mitigates"
+    assert own["defaults"] < own["cfg"]  # the defaults mitigate less here (their guard comes before the basin exit)
+    align = {k: float((meas.classify(x[b.mem]) == b.digit[b.mem]).float().mean()) for k, (x, _) in out.items()}
+    assert align["og_dyn"] >= align["cfg"] - 0.35 and align["defaults"] >= align["cfg"] - 0.1
+
+
+def test_clean_prompts_copy_no_exemplar(runs, meas):
+    b, out = runs
     for name, (x, _) in out.items():
-        sim, idx = M.nearest(tb, x[~mem])
-        assert float((sim > M.COPY_THRESHOLD).float().mean()) <= 0.25, name
-        assert not bool(torch.isin(idx[sim > M.COPY_THRESHOLD], exemplars).any()), f"{name}: a clean prompt copied an exemplar"
-        assert float((M.classify(tb, x[~mem]) == digit[~mem]).float().mean()) >= 0.75, name
+        sim, idx = meas.nearest(x[~b.mem])
+        assert not bool((idx[sim > M.COPY_THRESHOLD] < len(meas.tb.exemplars)).any()), f"{name}: a clean prompt copied an exemplar"
+        assert float((meas.classify(x[~b.mem]) == b.digit[~b.mem]).float().mean()) >= 0.75, name
 
 
 def test_first_step_norm_is_the_same_signal_under_every_schedule(runs):
-    out, _, _ = runs
-    assert torch.equal(out["cfg"][1].norms[0], out["og"][1].norms[0])  # detection sees it before guidance acts
-    assert not torch.equal(out["cfg"][1].norms[-1], out["og"][1].norms[-1])
+    _, out = runs
+    assert torch.equal(out["cfg"][1].norms[0], out["defaults"][1].norms[0])  # detection sees it before guidance acts
+    assert not torch.equal(out["cfg"][1].norms[-1], out["defaults"][1].norms[-1])
 
 
-def test_roc_helpers():
+def test_measure_helpers():
     pos, neg = torch.tensor([0.5, 0.7, 0.9]), torch.tensor([0.1, 0.6, 0.3])
     assert M.roc_auc(pos, neg) == pytest.approx(8 / 9)
-    assert M.roc_auc(neg, pos) == pytest.approx(1 / 9)
     thr, tpr, fpr = M.best_threshold(pos, neg)
     assert 0.3 < thr <= 0.5 and (tpr, fpr) == (1.0, pytest.approx(1 / 3))
     assert M.wilson(0, 10)[0] == 0 and 0.2 < M.wilson(5, 10)[0] < 0.5 < M.wilson(5, 10)[1] < 0.8
+    sims = torch.linspace(0, 1, 300)
+    t = M.copy_threshold(sims)
+    assert int((sims > t).sum()) == 2  # fewer than 1 % of 300 exceed it, and no lower observed value would do
+    assert M.spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([10.0, 20, 30, 45])) == pytest.approx(1.0)
+    assert M.spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([4.0, 3, 2, 1])) == pytest.approx(-1.0)
+    assert M.spearman(torch.tensor([1.0, 2, 2, 3]), torch.tensor([1.0, 2, 3, 4])) == pytest.approx(0.9487, abs=1e-3)
 
 
 def test_auto_mode_leaves_unflagged_samples_identical_to_plain_cfg(runs, unet):
-    out, mem, _ = runs
+    b, out = runs
     d0 = out["cfg"][1].norms[0]
-    threshold = float((d0[mem].median() + d0[~mem].median()) / 2)
-    prompts, noise, _ = batch(MEM + CLEAN)
-    x, trace = S.sample(unet, prompts, noise, GuidanceSettings(-2.0, "static", switch_percent=0.35, detect_threshold=threshold), CFG, STEPS)
+    threshold = float(d0.median())
+    x, trace = S.sample(unet, b.prompts, b.noise, GuidanceSettings(detect_threshold=threshold), CFG, STEPS)
     plain = ~trace.flagged
     assert 0 < int(plain.sum()) < len(plain)
     assert torch.equal(x[plain], out["cfg"][0][plain])  # bit for bit
-    assert torch.equal(x[~plain], out["og"][0][~plain])  # flagged samples get exactly the OG+STP schedule
+    assert torch.equal(x[~plain], out["defaults"][0][~plain])  # flagged samples get exactly the defaults
