@@ -246,8 +246,8 @@ def main(argv=None):
                          "weights": weights_metadata(a.weights)},
               "copy_floor": floor, "detection": detection, "auto_pick": {"base": base, "calibration": pick},
               "uncond_fresh": uncond_fresh, "rows": table, "mechanism": mech}
-    report["curve_picture"] = curve_picture(traces["zero_dyn"], b, out / "curves_zero_dyn.png", a.seeds)
-    curve_picture(ztr, b, out / "curves_zero_all.png", a.seeds)
+    report["curve_picture"] = curve_picture(traces["zero_dyn"], b, out / "curves_zero_dyn.png", 6)
+    curve_picture(ztr, b, out / "curves_zero_all.png", 6)
     if a.oracle:
         t0 = time.time()
         report["oracle"] = oracle(unet, meas, b, a.cfg, a.steps, thr, traces["zero_alg1"].switch_step[b.mem])
