@@ -63,10 +63,12 @@ def banner(path: Path, width: int = 1470, height: int = 630) -> None:
     samples = samples.resize((int(samples.width * 350 / samples.height), 350), Image.LANCZOS)
     img.paste(samples, (50, 225))
     curve = Image.open(docs / "testbed-curve.png")
+    if curve.width > 2 * curve.height:  # norm and d x sigma side by side: the banner shows the norm (left half)
+        curve = curve.crop((0, 0, curve.width // 2, curve.height))
     curve = curve.resize((int(curve.width * 350 / curve.height), 350), Image.LANCZOS)
     img.paste(curve, (width - curve.width - 50, 225))
     d.text((50, height - 18), "a real run of the pack's testbed model: stock CFG copies a training image, the "
-           "Memorization-Safe KSampler does not; right: its guidance-norm curve", font=font(15), fill=(110, 110, 110),
+           "Memorization-Safe KSampler (opposite guidance, dynamic) does not; right: its guidance-norm curve", font=font(15), fill=(110, 110, 110),
            anchor="ls")
     img.save(path.with_name("banner.png"), optimize=True)
 
