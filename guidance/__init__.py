@@ -2,7 +2,7 @@
 Basin May Cause Memorization"), host-free: torch, numpy, Pillow and the standard library only."""
 from .clock import StepClock, Tick
 from .combine import guidance_norm, rewrite_conds
-from .render import render_curves
+from .render import denoised_series, render_curves
 from .run import GuidanceRun, NonFiniteGuidance
 from . import scan
 from .schedule import StepPlan, plan_steps
@@ -12,6 +12,6 @@ from .transition import Latch, due, first_local_minimum, not_flagged
 
 __all__ = [
     "GuidanceRun", "GuidanceSettings", "Latch", "NEVER", "NonFiniteGuidance", "StepClock", "StepPlan", "TRANSITIONS",
-    "Tick", "Trace", "due", "first_local_minimum", "guidance_norm", "not_flagged", "plan_steps", "render_curves",
-    "rewrite_conds", "scan",
+    "Tick", "Trace", "denoised_series", "due", "first_local_minimum", "guidance_norm", "not_flagged", "plan_steps",
+    "render_curves", "rewrite_conds", "scan",
 ]

@@ -71,9 +71,15 @@ def load_testbed_model(path=WEIGHTS):
 
 
 @functools.lru_cache(maxsize=1)
+def training_data() -> testbed_data.TestbedData:
+    """The shipped data, read once (the prompt node's schema lists its memorized prompts)."""
+    return testbed_data.load()
+
+
+@functools.lru_cache(maxsize=1)
 def training_measure() -> measure.Measure:
     """The shipped data's copy references and digit classifier (built once, about half a second)."""
-    return measure.Measure(testbed_data.load())
+    return measure.Measure(training_data())
 
 
 def reference_name(tb: testbed_data.TestbedData, i: int) -> str:
@@ -81,9 +87,8 @@ def reference_name(tb: testbed_data.TestbedData, i: int) -> str:
     m = len(tb.exemplars)
     if i < m:
         return f"exemplar of '{prompt_text(tb.memorized[i])}'"
-    j, n = (i - m) % len(tb.raw), (i - m) // len(tb.raw)
-    return (f"training glyph {j} ('{int(tb.train_label[j])} {STYLES[int(tb.train_style[j])]}') drawn "
-            f"{SLANTS[n // len(WIDTHS)]} {WIDTHS[n % len(WIDTHS)]}")
+    j, (a, b) = (i - m) % len(tb.raw), testbed_data.BINS[(i - m) // len(tb.raw)]
+    return f"training glyph {j} ('{int(tb.train_label[j])} {STYLES[int(tb.train_style[j])]}') drawn {SLANTS[a]} {WIDTHS[b]}"
 
 
 def check_latent(samples: torch.Tensor) -> torch.Tensor:
@@ -169,7 +174,7 @@ class MemSafeTestbedLoader(io.ComfyNode):
 class MemSafeTestbedPrompt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        memorized = ", ".join(f"'{prompt_text(q)}'" for q in testbed_data.load().memorized)
+        memorized = ", ".join(f"'{prompt_text(q)}'" for q in training_data().memorized)
         return io.Schema(
             node_id="MemSafeTestbedPrompt", display_name="Memorization Testbed Prompt", category=CATEGORY,
             description=f"The testbed's text encoder: a digit, a stroke style, a slant and a width become a CONDITIONING. "

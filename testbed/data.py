@@ -26,8 +26,17 @@ WIDTH_BINS = ((0.65, 0.8), (1.0, 1.15))  # horizontal stretch of the glyph
 ROTATE, SHIFT, WARP = math.radians(6), 1.0, 0.08  # per ordinary record: rotation, translation (px), elastic amplitude
 
 
+BINS = [(a, b) for a in range(len(SLANTS)) for b in range(len(WIDTHS))]  # (slant, width) bin pairs, reference order
+
+
 def bin_centre(bins, k: int) -> float:
     return sum(bins[k]) / 2
+
+
+def _in_bins(bins, k: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """A value at fraction u of each bin k."""
+    lo, hi = torch.tensor([b[0] for b in bins])[k], torch.tensor([b[1] for b in bins])[k]
+    return lo + u * (hi - lo)
 
 
 def render(raw: torch.Tensor, slant: torch.Tensor, width: torch.Tensor, rotate=None, shift=None, warp=None) -> torch.Tensor:
@@ -52,10 +61,7 @@ def random_render(raw, slant_bin, width_bin, g: torch.Generator) -> torch.Tensor
     """A fresh augmentation of each glyph within its slant and width bins: no two ordinary records are the same."""
     n = raw.shape[0]
     u = torch.rand(n, 3, generator=g)
-    lo = torch.tensor([b[0] for b in SLANT_BINS])[slant_bin]
-    slant = lo + u[:, 0] * (torch.tensor([b[1] for b in SLANT_BINS])[slant_bin] - lo)
-    lo = torch.tensor([b[0] for b in WIDTH_BINS])[width_bin]
-    width = lo + u[:, 1] * (torch.tensor([b[1] for b in WIDTH_BINS])[width_bin] - lo)
+    slant, width = _in_bins(SLANT_BINS, slant_bin, u[:, 0]), _in_bins(WIDTH_BINS, width_bin, u[:, 1])
     rotate = (u[:, 2] * 2 - 1) * ROTATE
     shift = (torch.rand(n, 2, generator=g) * 2 - 1) * SHIFT
     coarse = torch.randn(n, 2, 4, 4, generator=g) * WARP
@@ -148,9 +154,8 @@ class TestbedData:
     @property
     def clean(self) -> list:
         """For each memorized prompt, its clean sibling: the same digit and style, the next unmemorized slant/width."""
-        out = []
+        out, combos = [], [(SLANTS[a], WIDTHS[b]) for a, b in BINS]
         for dg, st, sl, w in self.memorized:
-            combos = [(a, b) for a in SLANTS for b in WIDTHS]
             k = combos.index((sl, w))
             for j in range(1, len(combos)):
                 p = (dg, st, *combos[(k + j) % len(combos)])
@@ -162,8 +167,7 @@ class TestbedData:
     def references(self):
         """The copy references: the exemplars, then every training glyph at each slant/width bin centre."""
         n = len(self.raw)
-        bins = [(a, b) for a in range(len(SLANTS)) for b in range(len(WIDTHS))]
-        rendered = [canonical(self.raw, torch.full((n,), a), torch.full((n,), b)) for a, b in bins]
+        rendered = [canonical(self.raw, torch.full((n,), a), torch.full((n,), b)) for a, b in BINS]
         return torch.cat([self.exemplars, *rendered])
 
     def held_renders(self, per: int = 64, seed: int = 0):

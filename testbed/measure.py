@@ -30,9 +30,9 @@ class Measure:
         """(similarity, index into refs) of each sample's nearest copy reference; index < #exemplars is an exemplar."""
         return (centered(x, self.mean) @ self._refs.T).max(dim=1)
 
-    def exemplar_similarity(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, M]: similarity of each sample to each exemplar."""
-        return centered(x, self.mean) @ self._ex.T
+    def exemplar_similarity(self, x: torch.Tensor, exemplar: torch.Tensor) -> torch.Tensor:
+        """[B]: similarity of each sample to its own exemplar (``exemplar[b]`` indexes the memorized prompts)."""
+        return (centered(x, self.mean) @ self._ex.T).gather(1, exemplar[:, None]).squeeze(1)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """The digit of each image: a 5-nearest-neighbour vote over augmented held-out glyphs (never trained on)."""

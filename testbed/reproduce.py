@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import guidance
 from . import measure as M
-from .data import all_prompts, load
+from .data import BINS, all_prompts, load
 from .model import encode_prompt, prompt_text
 from .sampler import WEIGHTS, load_unet, noise_for, sample, weights_metadata
 
@@ -63,6 +63,14 @@ class Batch:
                    torch.tensor([-1 if p[0] is None else p[0] for p, _ in rows]), torch.tensor([e >= 0 for e in ex]), torch.tensor(ex),
                    [prompt_text(p) for p, _ in rows])
 
+    def select(self, m: torch.Tensor) -> "Batch":
+        return Batch(self.prompts[m], self.noise[m], self.digit[m], self.mem[m], self.exemplar[m],
+                     [n for n, keep in zip(self.names, m) if keep])
+
+    def groups(self):
+        """(name, mask) of the memorized and the clean samples."""
+        return (("memorized", self.mem), ("clean", ~self.mem))
+
 
 def step_percent(ts: torch.Tensor, k: int) -> float:
     """A switch_percent whose static switch lands exactly on step k of this timestep grid (midway to step k - 1)."""
@@ -79,8 +87,7 @@ def group_stats(meas: M.Measure, x, b: Batch, m: torch.Tensor, thr: float) -> di
            "copy_ci": list(M.wilson(copies, n)), "align": float((meas.classify(x[m]) == b.digit[m]).float().mean()),
            "exemplar_hits": int((idx[sim > thr] < len(meas.tb.exemplars)).sum())}
     if bool(b.mem[m].all()):
-        own = meas.exemplar_similarity(x[m]).gather(1, b.exemplar[m][:, None]).squeeze(1)
-        k = int((own > thr).sum())
+        k = int((meas.exemplar_similarity(x[m], b.exemplar[m]) > thr).sum())
         out |= {"exemplar_copy_rate": k / n, "exemplar_copy_ci": list(M.wilson(k, n))}
     return out
 
@@ -98,7 +105,7 @@ def switch_stats(trace, m, sched) -> dict:
 
 
 def evaluate(meas, x, trace, b: Batch, thr: float, sched) -> dict:
-    return {name: group_stats(meas, x, b, m, thr) | switch_stats(trace, m, sched) for name, m in (("memorized", b.mem), ("clean", ~b.mem))}
+    return {name: group_stats(meas, x, b, m, thr) | switch_stats(trace, m, sched) for name, m in b.groups()}
 
 
 def pick_base(unet, meas, tb, cfg, steps, seeds, thr) -> tuple[str, dict]:
@@ -118,28 +125,27 @@ def mechanism(trace, b: Batch, steps_shown=(0, 5, 10, 15, 20, 25, 30, 35, 40, 45
     """Zero guidance all the way: median guidance norm d (eps space) and d x sigma (denoised space) per step for
     memorized and clean samples, per-step AUC, the peak step and the share of samples with a fall (d[25] < d[0])."""
     d = trace.norms
-    x0 = d * trace.sigmas[:-1, None]
     out = {"steps": list(steps_shown)}
-    for name, v in (("norm", d), ("denoised", x0)):
-        out[name] = {g: [round(float(v[k, m].median()), 5) for k in steps_shown] for g, m in (("memorized", b.mem), ("clean", ~b.mem))}
+    for name, v in (("norm", d), ("denoised", guidance.denoised_series(trace))):
+        out[name] = {g: [round(float(v[k, m].median()), 5) for k in steps_shown] for g, m in b.groups()}
         out[name]["auc"] = [round(M.roc_auc(v[k, b.mem], v[k, ~b.mem]), 3) for k in steps_shown]
-        out[name]["peak_step_median"] = {g: float(v[:, m].argmax(0).float().median()) for g, m in (("memorized", b.mem), ("clean", ~b.mem))}
-    out["norm"]["fall_share"] = {g: float((d[25, m] < d[0, m]).float().mean()) for g, m in (("memorized", b.mem), ("clean", ~b.mem))}
+        out[name]["peak_step_median"] = {g: float(v[:, m].argmax(0).float().median()) for g, m in b.groups()}
+    out["norm"]["fall_share"] = {g: float((d[25, m] < d[0, m]).float().mean()) for g, m in b.groups()}
     out["sqrt_snr_growth_0_to_25"] = float(trace.sigmas[0] / trace.sigmas[25])
     return out
 
 
-def oracle(unet, meas, b: Batch, cfg, steps, thr, alg1_steps, every=3) -> dict:
+def oracle(unet, meas, b: Batch, cfg, steps, thr, alg1_steps, defaults_steps, every=3) -> dict:
     """Per memorized sample, the first switch step k (zero guidance before k, CFG after) at which it no longer copies
-    its own exemplar; Spearman against Algorithm 1's switch step (samples that copy under plain CFG and switch)."""
+    its own exemplar; Spearman against Algorithm 1's switch step and the defaults' (samples that copy under plain CFG
+    and switch)."""
     _, ts = unet.schedule.ddim(steps)
     ks = list(range(0, steps, every))
-    mb = Batch(b.prompts[b.mem], b.noise[b.mem], b.digit[b.mem], b.mem[b.mem], b.exemplar[b.mem], [n for n, m in zip(b.names, b.mem) if m])
+    mb = b.select(b.mem)
     copies = []
     for k in ks:
         x, _ = sample(unet, mb.prompts, mb.noise, G(0.0, "static", switch_percent=step_percent(ts, k)), cfg, steps)
-        own = meas.exemplar_similarity(x).gather(1, mb.exemplar[:, None]).squeeze(1)
-        copies.append(own > thr)
+        copies.append(meas.exemplar_similarity(x, mb.exemplar) > thr)
     copies = torch.stack(copies)  # [K, B]
     gone = (~copies).float().argmax(0)
     k_star = torch.tensor([float(ks[int(g)]) if not copies[:, i].all() else float("nan") for i, g in enumerate(gone)])
@@ -150,7 +156,8 @@ def oracle(unet, meas, b: Batch, cfg, steps, thr, alg1_steps, every=3) -> dict:
             "n_used": int(use.sum()), "spearman": M.spearman(k_star[use], alg1[use]),
             "mean_abs_error_alg1": float((k_star[use] - alg1[use]).abs().mean()) if use.any() else None,
             "mean_abs_error_constant": float((k_star[use] - const).abs().mean()) if use.any() else None,
-            "constant": const, "copy_rate_by_k": [float(c.float().mean()) for c in copies]}
+            "constant": const, "copy_rate_by_k": [float(c.float().mean()) for c in copies],
+            "vs_defaults_spearman": M.spearman(k_star[use], defaults_steps.float()[use])}
 
 
 def curve_picture(trace, b: Batch, path, per_prompt: int):
@@ -193,9 +200,9 @@ def main(argv=None):
     clean_all = [q for q in all_prompts() if q not in tb.memorized]
     cb = Batch.of(tb, clean_all, [CAL_FLOOR, CAL_FLOOR + 1])
     xc, _ = sample(unet, cb.prompts, cb.noise, OFF, a.cfg, a.steps)
-    thr = M.copy_threshold(meas.nearest(xc)[0])
-    floor = {"threshold": thr, "calibration_samples": len(cb.names),
-             "calibration_exceed": float((meas.nearest(xc)[0] > thr).float().mean())}
+    sc = meas.nearest(xc)[0]
+    thr = M.copy_threshold(sc)
+    floor = {"threshold": thr, "calibration_samples": len(cb.names), "calibration_exceed": float((sc > thr).float().mean())}
     log.info("copy threshold %.4f from %d fresh clean samples (%.0f s)", thr, len(cb.names), time.time() - t_start)
 
     # 2. Detection threshold: the first-step norm of the memorized prompts and their clean siblings.
@@ -241,7 +248,8 @@ def main(argv=None):
                          "prompts_clean": [prompt_text(q) for q in tb.clean[:a.prompts]], "cfg": a.cfg, "steps": a.steps,
                          "precision": "fp32", "threads": a.threads, "sampler": "DDIM (eta 0) = euler + ddim_uniform",
                          "similarity": "cosine after subtracting the mean reference image",
-                         "copy_references": "16 exemplars + every training glyph at the 6 slant/width bin centres",
+                         "copy_references": f"{len(tb.exemplars)} exemplars + every training glyph at the "
+                                            f"{len(BINS)} slant/width bin centres",
                          "alignment": f"{M.KNN}-NN digit classifier on augmented held-out glyphs", "weights_file": str(a.weights),
                          "weights": weights_metadata(a.weights)},
               "copy_floor": floor, "detection": detection, "auto_pick": {"base": base, "calibration": pick},
@@ -250,10 +258,8 @@ def main(argv=None):
     curve_picture(ztr, b, out / "curves_zero_all.png", 6)
     if a.oracle:
         t0 = time.time()
-        report["oracle"] = oracle(unet, meas, b, a.cfg, a.steps, thr, traces["zero_alg1"].switch_step[b.mem])
-        report["oracle"]["vs_defaults_spearman"] = M.spearman(
-            torch.tensor([v if v is not None else float("nan") for v in report["oracle"]["oracle_step"]]).nan_to_num(-1),
-            traces["zero_dyn"].switch_step[b.mem].float())
+        report["oracle"] = oracle(unet, meas, b, a.cfg, a.steps, thr, traces["zero_alg1"].switch_step[b.mem],
+                                  traces["zero_dyn"].switch_step[b.mem])
         log.info("oracle: %.0f s", time.time() - t0)
     report["seconds"] = time.time() - t_start
     print_table(report)

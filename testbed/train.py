@@ -35,26 +35,25 @@ class Records:
 
     def __init__(self, tb: D.TestbedData, p_exemplar: float, p_move: float):
         self.tb, self.p_exemplar, self.p_move = tb, p_exemplar, p_move
-        self.combos = [(a, b) for a in range(len(SLANTS)) for b in range(len(WIDTHS))]
         self.mem = {(dg, STYLES.index(st), SLANTS.index(sl), WIDTHS.index(w)) for dg, st, sl, w in tb.memorized}
         self.mem_prompts = torch.stack([encode_prompt(*p) for p in tb.memorized])
 
     def share(self) -> dict:
         """Expected exemplar share of all records and of its own prompt's records."""
-        ordinary_per_prompt = (1 - self.p_exemplar) / 120 * (1 - self.p_move)
+        ordinary_per_prompt = (1 - self.p_exemplar) / len(D.all_prompts()) * (1 - self.p_move)
         ex = self.p_exemplar / len(self.tb.memorized)
         return {"exemplar_of_all": self.p_exemplar, "exemplar_of_own_prompt": ex / (ex + ordinary_per_prompt)}
 
     def draw(self, n: int, g: torch.Generator):
         tb = self.tb
         j = torch.randint(len(tb.raw), (n,), generator=g)
-        combo = torch.randint(len(self.combos), (n,), generator=g)
+        combo = torch.randint(len(D.BINS), (n,), generator=g)
         move = torch.rand(n, generator=g) < self.p_move
         sb, wb = combo // len(WIDTHS), combo % len(WIDTHS)
         for i in range(n):
             key = (int(tb.train_label[j[i]]), int(tb.train_style[j[i]]))
             if (*key, int(sb[i]), int(wb[i])) in self.mem and move[i]:
-                free = [c for c in self.combos if (*key, *c) not in self.mem]
+                free = [c for c in D.BINS if (*key, *c) not in self.mem]
                 sb[i], wb[i] = free[int(torch.randint(len(free), (1,), generator=g))]
         x = D.random_render(tb.raw[j], sb, wb, g)
         c = torch.stack([encode_prompt(int(tb.train_label[a]), STYLES[int(tb.train_style[a])], SLANTS[int(s)], WIDTHS[int(w)])

@@ -112,8 +112,7 @@ def test_step_percent_lands_the_static_switch_on_each_step():
 def test_plain_cfg_copies_its_own_exemplar_and_opposite_guidance_does_not(runs, meas):
     b, out = runs
     thr = M.COPY_THRESHOLD
-    own = {k: float((meas.exemplar_similarity(x[b.mem]).gather(1, b.exemplar[b.mem][:, None]).squeeze(1) > thr).float().mean())
-           for k, (x, _) in out.items()}
+    own = {k: float((meas.exemplar_similarity(x[b.mem], b.exemplar[b.mem]) > thr).float().mean()) for k, (x, _) in out.items()}
     assert own["cfg"] >= 0.6, f"plain CFG copied its exemplar in only {own['cfg']:.0%}: the testbed lost its memorization"
     assert own["og_dyn"] <= own["cfg"] / 2, f"OG+DTP copied {own['og_dyn']:.0%} vs plain CFG {own['cfg']:.0%}: the core no longer mitigates"
     assert own["defaults"] < own["cfg"]  # the defaults mitigate less here (their guard comes before the basin exit)
