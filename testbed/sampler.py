@@ -80,7 +80,7 @@ def sample(unet: TestbedUNet, prompts: torch.Tensor, noise: torch.Tensor, settin
     """Sample a batch (prompts [B, D], noise [B, 1, 16, 16]); returns (x0 [B, 1, 16, 16], Trace).
 
     ``bf16`` runs the network under CPU bfloat16 autocast (the guidance math stays float32); on the 2-core test machine
-    (no AMX) it was 1.6-2x slower than float32, so reproduce runs float32.
+    (no AMX) it was 1.6-5x slower than float32, so reproduce runs float32.
     """
     sched = getattr(unet, "schedule", SD)
     sig, ts = sched.ddim(steps)
