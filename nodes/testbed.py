@@ -17,7 +17,7 @@ from comfy_api.latest import io, ui
 from ..testbed import data as testbed_data
 from ..testbed import measure
 from ..testbed.model import SLANTS, STYLES, WIDTHS, TestbedUNet, parse_prompt, prompt_text
-from ..testbed.sampler import WEIGHTS
+from ..testbed.sampler import WEIGHTS, weights_metadata
 
 CATEGORY = "sampling/memorization-safe/testbed"
 PAPER = ('Testbed for Jain et al., "Classifier-Free Guidance inside the Attraction Basin May Cause Memorization": '
@@ -52,7 +52,7 @@ class TestbedConfig(comfy.supported_models_base.BASE):
     unet_config = {"in_channels": 1}
     unet_extra_config = {}
     latent_format = TestbedLatent
-    sampling_settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012}  # ComfyUI's default
+    sampling_settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012}  # SD's, unless the weights say
     supported_inference_dtypes = [torch.float32]
     memory_usage_factor = 0.1
 
@@ -62,6 +62,9 @@ def load_testbed_model(path=WEIGHTS):
     from safetensors.torch import load_file
 
     config = TestbedConfig({"in_channels": 1})
+    betas = json.loads(weights_metadata(path).get("schedule_betas", "null"))  # set by `train --linear-end`
+    if betas:
+        config.sampling_settings.update(linear_start=betas[0], linear_end=betas[1])
     device, offload = comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device()
     model = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.EPS, device=offload,
                                        unet_model=ComfyTestbedUNet)

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from workflows import to_api
 
@@ -60,3 +61,23 @@ def test_curve_and_images_are_shown(ran):
         if node["type"] in ("PreviewImage", "SaveImage"):
             images = entry["outputs"][str(node["id"])]["images"]
             assert images, f"node {node['id']} showed no image"
+
+
+@pytest.mark.parametrize("linear_end", [None, 0.004])
+def test_comfy_model_uses_the_schedule_the_weights_were_trained_on(comfy, tmp_path, linear_end):
+    """The loader reads `schedule_betas` from the weights (train --linear-end); ComfyUI's sigmas equal the testbed's."""
+    import importlib
+
+    from safetensors.torch import load_file, save_file
+
+    tb_nodes = importlib.import_module("memsafe_cfg.nodes.testbed")
+    sampler = importlib.import_module("memsafe_cfg.testbed.sampler")
+    meta = {k: v for k, v in sampler.weights_metadata().items() if k != "schedule_betas"}
+    if linear_end is not None:
+        meta["schedule_betas"] = json.dumps([0.00085, linear_end])
+    path = tmp_path / "w.safetensors"
+    save_file(load_file(str(sampler.WEIGHTS)), str(path), metadata=meta)
+    comfy_sigmas = tb_nodes.load_testbed_model(path).get_model_object("model_sampling").sigmas
+    ours = sampler.load_unet(path).schedule.sigmas
+    assert torch.allclose(comfy_sigmas.float(), ours, rtol=1e-6)
+    assert abs(float(ours[-1]) - (14.61 if linear_end is None else 2.9)) < 0.1  # SD's sigma_max, or the shifted one
