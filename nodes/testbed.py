@@ -16,8 +16,8 @@ from comfy_api.latest import io, ui
 
 from ..testbed import data as testbed_data
 from ..testbed import measure
-from ..testbed.model import SLANTS, STYLES, WIDTHS, TestbedUNet, parse_prompt, prompt_text
-from ..testbed.sampler import WEIGHTS, weights_metadata
+from ..testbed.model import LINEAR_END, LINEAR_START, SLANTS, STYLES, WIDTHS, TestbedUNet, parse_prompt, prompt_text
+from ..testbed.sampler import WEIGHTS, read_weights, schedule_betas
 
 CATEGORY = "sampling/memorization-safe/testbed"
 PAPER = ('Testbed for Jain et al., "Classifier-Free Guidance inside the Attraction Basin May Cause Memorization": '
@@ -52,23 +52,22 @@ class TestbedConfig(comfy.supported_models_base.BASE):
     unet_config = {"in_channels": 1}
     unet_extra_config = {}
     latent_format = TestbedLatent
-    sampling_settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012}  # SD's, unless the weights say
+    sampling_settings = {"beta_schedule": "linear", "linear_start": LINEAR_START, "linear_end": LINEAR_END}  # SD's;
+    # load_testbed_model sets the betas the weights were trained on (testbed.sampler.schedule_betas)
     supported_inference_dtypes = [torch.float32]
     memory_usage_factor = 0.1
 
 
 def load_testbed_model(path=WEIGHTS):
     """The shipped weights as a ComfyUI MODEL: BaseModel (eps, discrete schedule) + ModelPatcher."""
-    from safetensors.torch import load_file
-
+    sd, meta = read_weights(path)
     config = TestbedConfig({"in_channels": 1})
-    betas = json.loads(weights_metadata(path).get("schedule_betas", "null"))  # set by `train --linear-end`
-    if betas:
-        config.sampling_settings.update(linear_start=betas[0], linear_end=betas[1])
+    linear_start, linear_end = schedule_betas(meta)
+    config.sampling_settings.update(linear_start=linear_start, linear_end=linear_end)
     device, offload = comfy.model_management.get_torch_device(), comfy.model_management.unet_offload_device()
     model = comfy.model_base.BaseModel(config, model_type=comfy.model_base.ModelType.EPS, device=offload,
                                        unet_model=ComfyTestbedUNet)
-    model.diffusion_model.load_state_dict(load_file(str(path)))
+    model.diffusion_model.load_state_dict(sd)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=offload)
 

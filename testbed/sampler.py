@@ -13,25 +13,35 @@ import torch
 
 from . import guidance
 from .data import HERE
-from .model import CHANNELS, TestbedUNet, sigmas as model_sigmas
+from .model import CHANNELS, LINEAR_END, LINEAR_START, TestbedUNet, sigmas as model_sigmas
 
 WEIGHTS = HERE / "testbed_unet.safetensors"
 SIGMAS = model_sigmas()
 
 
-def load_unet(path=WEIGHTS) -> TestbedUNet:
-    """The EMA weights, in eval mode (float32, CPU)."""
+def read_weights(path=WEIGHTS) -> tuple[dict, dict]:
+    """(state dict, metadata) of a testbed weights file."""
     from safetensors import safe_open
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"testbed weights: {path} is missing; run `python -m testbed.train` to rebuild them.")
     with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        sd = {k: f.get_tensor(k) for k in f.keys()}
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def schedule_betas(meta: dict) -> tuple[float, float]:
+    """(linear_start, linear_end) of the scaled-linear betas the weights were trained on: SD's unless
+    `train --linear-end` stored others."""
+    return tuple(json.loads(meta["schedule_betas"])) if "schedule_betas" in meta else (LINEAR_START, LINEAR_END)
+
+
+def load_unet(path=WEIGHTS) -> TestbedUNet:
+    """The EMA weights, in eval mode (float32, CPU), with the schedule they were trained on."""
+    sd, meta = read_weights(path)
     unet = TestbedUNet(channels=tuple(json.loads(meta.get("channels", json.dumps(list(CHANNELS))))))
     unet.load_state_dict(sd)
-    sched = json.loads(meta.get("schedule_betas", "null"))  # None: SD's
-    unet.schedule = Schedule(model_sigmas(*sched)) if sched else SD
+    betas = schedule_betas(meta)
+    unet.schedule = SD if betas == (LINEAR_START, LINEAR_END) else Schedule(model_sigmas(*betas))
     return unet.eval().requires_grad_(False)
 
 

@@ -74,7 +74,7 @@ def test_comfy_model_uses_the_schedule_the_weights_were_trained_on(comfy, tmp_pa
     sampler = importlib.import_module("memsafe_cfg.testbed.sampler")
     meta = {k: v for k, v in sampler.weights_metadata().items() if k != "schedule_betas"}
     if linear_end is not None:
-        meta["schedule_betas"] = json.dumps([0.00085, linear_end])
+        meta["schedule_betas"] = json.dumps([sampler.LINEAR_START, linear_end])
     path = tmp_path / "w.safetensors"
     save_file(load_file(str(sampler.WEIGHTS)), str(path), metadata=meta)
     comfy_sigmas = tb_nodes.load_testbed_model(path).get_model_object("model_sampling").sigmas
