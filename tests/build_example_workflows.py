@@ -136,6 +136,15 @@ WORKFLOWS = {
 TESTBED_STEM = "Testbed - stock CFG copies, Memorization-Safe does not (CPU)"
 
 
+def save_help_picture(img, name: str) -> None:
+    """js/docs/<name>, the help panel's copy (it resolves every locale's page against js/docs/), and one beside each
+    locale page that shows it (js/docs/<node>/<name>), so the picture also shows where that page is read as a file."""
+    img.save(HELP_IMAGES / name, optimize=True)
+    for page in HELP_IMAGES.glob("*/*.md"):
+        if f"]({name})" in page.read_text(encoding="utf-8"):
+            img.save(page.parent / name, optimize=True)
+
+
 def write_workflows(object_info: dict) -> None:
     write_examples(WORKFLOWS, object_info)
 
@@ -170,7 +179,7 @@ def write_thumbnails(size: int = 512) -> None:
 
     stock, safe, trace, (stock_copy, safe_copy) = testbed_run()
     curve = Image.fromarray((guidance.render_curves(trace, "panels", denoised=True)[0].numpy() * 255).astype("uint8"))
-    curve.save(HELP_IMAGES / "testbed-curve.png", optimize=True)  # the help pages' picture (js/docs/ is served)
+    save_help_picture(curve, "testbed-curve.png")  # the help pages' picture (js/docs/ is served)
 
     def font(px):
         try:
@@ -213,7 +222,7 @@ def write_thumbnails(size: int = 512) -> None:
                     font=font(13), fill=(110, 110, 110))
         img.save(OUT / f"{name}.jpg", quality=88, optimize=True)
         if what is None:
-            img.crop((0, 0, size, 288)).save(HELP_IMAGES / "testbed-samples.png", optimize=True)
+            save_help_picture(img.crop((0, 0, size, 288)), "testbed-samples.png")
         print(f"wrote example_workflows/{name}.jpg")
 
 
