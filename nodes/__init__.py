@@ -8,6 +8,7 @@ and ``comfy_api`` load on first use of ``NODES`` or ``MemSafeExtension`` (PEP 56
 def _load() -> dict:
     from comfy_api.latest import ComfyExtension, io
 
+    from .copy_check import MemSafeCopyCheck
     from .curve import MemSafeGuidanceCurve
     from .guider import MemSafeCFGGuider
     from .ksampler import MemSafeKSampler
@@ -15,7 +16,7 @@ def _load() -> dict:
     from .scan import MemSafeMemorizationScan
     from .testbed import NODES as TESTBED_NODES
 
-    NODES = [MemSafeCFGGuider, MemSafeKSampler, MemSafeCFGPatch, MemSafeGuidanceCurve, MemSafeMemorizationScan, *TESTBED_NODES]
+    NODES = [MemSafeCFGGuider, MemSafeKSampler, MemSafeCFGPatch, MemSafeGuidanceCurve, MemSafeMemorizationScan, MemSafeCopyCheck, *TESTBED_NODES]
 
     class MemSafeExtension(ComfyExtension):
         async def get_node_list(self) -> list[type[io.ComfyNode]]:

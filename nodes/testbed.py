@@ -257,3 +257,86 @@ class MemSafeTestbedNearest(io.ComfyNode):
 
 
 NODES = [MemSafeTestbedLoader, MemSafeTestbedPrompt, MemSafeTestbedDecode, MemSafeTestbedNearest]
+
+
+TRAINING_FOLDER = "memsafe_testbed/training"
+IMAGE_SETS = ("training (copy references)", "held-out (never trained on)")
+
+
+def training_images(which: str):
+    """(relative file names, images [N, 1, 16, 16]) of one image set: the copy references (the exemplars, then every
+    training glyph at each slant/width bin centre, as testbed.measure compares against) or the held-out glyphs, each
+    drawn once at a random bin (seed 0)."""
+    tb = training_data()
+    if which == IMAGE_SETS[0]:
+        m, n = len(tb.exemplars), len(tb.raw)
+        names = [f"exemplars/exemplar_{k}_{prompt_text(q).replace(' ', '_')}.png" for k, q in enumerate(tb.memorized)]
+        for a, b in testbed_data.BINS:
+            names += [f"{SLANTS[a]}_{WIDTHS[b]}/glyph_{j:04d}_{int(tb.train_label[j])}_{STYLES[int(tb.train_style[j])]}.png"
+                      for j in range(n)]
+        return names, training_measure().refs[: m + n * len(testbed_data.BINS)]
+    images, labels = tb.held_renders(per=1)
+    return [f"heldout/held_{j:04d}_{int(d)}.png" for j, d in enumerate(labels)], images
+
+
+def write_png_if_changed(path, image) -> bool:
+    """Write ``image`` (IMAGE [H, W, 3]) as a grayscale PNG unless the file already holds exactly these bytes (an
+    unchanged file keeps its mtime, so Copy Check's cache keeps it)."""
+    import io as _io
+
+    from PIL import Image
+
+    buf = _io.BytesIO()
+    Image.fromarray((image[..., 0].numpy() * 255).round().astype("uint8"), mode="L").save(buf, format="PNG")
+    data = buf.getvalue()
+    if path.is_file() and path.read_bytes() == data:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return True
+
+
+class MemSafeTestbedTrainingImages(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MemSafeTestbedTrainingImages", display_name="Memorization Testbed Training Images", category=CATEGORY,
+            description=f"Writes the testbed's training images as PNGs into a folder of ComfyUI's input directory, for "
+                        f"Copy Check's reference_folder: the 4 exemplars and every training glyph at each slant/width bin "
+                        f"centre (the references testbed.measure compares against), or the held-out glyphs. Files that "
+                        f"already hold the same picture are not rewritten. {PAPER}",
+            inputs=[io.String.Input("folder", default=TRAINING_FOLDER,
+                                    tooltip="Where to write, inside ComfyUI's input directory (created if missing; no '..', "
+                                            "no absolute path)."),
+                    io.Combo.Input("image_set", options=list(IMAGE_SETS), default=IMAGE_SETS[0],
+                                   tooltip="training: the exemplars and 1397 training glyphs x 6 bin centres (8,386 "
+                                           "files, as the testbed's copy measure uses); held-out: 400 glyphs never trained on."),
+                    io.Int.Input("scale", default=8, min=1, max=32,
+                                 tooltip="Enlargement of the 16 x 16 images (8 = 128 px, as Testbed Decode's default).")],
+            outputs=[io.String.Output(display_name="folder", tooltip="The folder written (relative to the input "
+                                                                     "directory): connect it to Copy Check's reference_folder."),
+                     io.Int.Output(display_name="count", tooltip="How many images the folder holds for this set.")])
+
+    @classmethod
+    def execute(cls, folder, image_set, scale) -> io.NodeOutput:
+        import folder_paths
+        from pathlib import Path
+
+        from ..guidance.copy_cache import relative_text, resolve_inside
+
+        base = folder_paths.get_input_directory()
+        text = relative_text(base, folder, "folder")
+        if image_set not in IMAGE_SETS:
+            raise ValueError(f"image_set: '{image_set}' is not one of {', '.join(IMAGE_SETS)}.")
+        (Path(base) / text).mkdir(parents=True, exist_ok=True)
+        root = resolve_inside(base, text, "folder")
+        names, x = training_images(image_set)
+        written = 0
+        for a in range(0, len(names), 512):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            imgs = to_image(x[a:a + 512], scale)
+            written += sum(write_png_if_changed(root / nm, im) for nm, im in zip(names[a:a + 512], imgs))
+        return io.NodeOutput(text, len(names), ui={"text": (f"{len(names)} images in input/{text} ({written} written)",)})
+
+
+NODES.append(MemSafeTestbedTrainingImages)
