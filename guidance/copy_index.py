@@ -114,12 +114,12 @@ def nearest_two(queries: torch.Tensor, chunks, exclude: torch.Tensor | None = No
     """(similarity [Q, 2], index [Q, 2]) of each query's nearest and second-nearest reference over an iterable of
     [n, D] chunks (indices count across chunks; -1 and -inf where fewer exist). Ties go to the lower index, so the
     answer does not depend on the chunk size. ``exclude[q]``: an index query q may not match (leave-one-out)."""
-    q = queries.float()
+    q = queries.double()  # float64 products rounded to float32: the same values whatever BLAS kernel a chunk's shape picks
     best = torch.full((len(q), 2), -math.inf)
     idx = torch.full((len(q), 2), -1, dtype=torch.long)
     start = 0
     for part in chunks:
-        s = q @ part.float().T
+        s = (q @ part.double().T).float()
         ids = torch.arange(start, start + len(part)).expand(len(q), -1)
         if exclude is not None:
             s = s.masked_fill(ids == exclude[:, None], -math.inf)
