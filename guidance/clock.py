@@ -10,10 +10,10 @@ the host (one synchronisation per evaluation, for these two samplers only).
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 
@@ -23,10 +23,15 @@ class Tick:
 
     step: int  # step j: the evaluation is step j's, or (for samples not in ``entered``) an extra one of step j-1
     starts: torch.Tensor  # [B] bool: this is step j's first evaluation for these samples (their norm is step j's)
-    entered: torch.Tensor  # [B] bool: samples in step j after this evaluation (the others are still in step j-1)
+    entered: torch.Tensor  # [B] bool: samples in step j after this evaluation (the others are still in step j-1) ...
     below_floor: torch.Tensor  # [B] bool: evaluated strictly below the floor sigma (the latch's safety net)
     whole: bool  # the host knows every sample is in step j (step 0, a sigma band): ``entered`` is everyone
     sigma: Optional[float]  # the evaluation's sigma when the host read it (follow_sigma), else None
+    also: Optional[torch.Tensor] = None  # ... together with these (``entered | also``, left to whoever needs it)
+
+    def in_step(self) -> torch.Tensor:
+        """[B] bool: samples in step j after this evaluation (one op when ``also`` is set)."""
+        return self.entered if self.also is None else self.entered | self.also
 
 
 class StepClock:
@@ -47,12 +52,14 @@ class StepClock:
         self.started = [False] * steps  # follow_sigma only: the host knows which bands have had their first evaluation
 
     def start(self, batch: int, device: torch.device) -> None:
-        """The device constants, once the first evaluation shows the batch and the device."""
+        """The device constants, once the first evaluation shows the batch and the device (two ops; the latch
+        shares ``everyone`` and ``nobody``, which nothing modifies in place)."""
         self.everyone = torch.ones(batch, dtype=torch.bool, device=device)
         self.nobody = torch.zeros(batch, dtype=torch.bool, device=device)
         self.entered = self.nobody  # samples already in step ``step`` (after an earlier evaluation since the callback)
+        self.fresh: Optional[torch.Tensor] = None  # the last evaluation's entries, not yet folded into ``entered``
         # bounds[j] = (top[j], the largest float32 below the floor): "sigma <= bounds[j]" answers both questions
-        below = torch.nextafter(torch.tensor(self.floor, dtype=torch.float32), torch.tensor(-math.inf)).item()
+        below = float(np.nextafter(np.float32(self.floor), np.float32(-np.inf)))  # on the host: no op, no read
         self.bounds = torch.tensor([[t, below] for t in self.top], dtype=torch.float32, device=device)
 
     def callback(self, i: int) -> None:
@@ -72,11 +79,13 @@ class StepClock:
             starts = self.everyone if j == 0 and k == 0 else self.nobody
             return Tick(j, starts, self.everyone, below_floor, True, None)
         if k == 0:  # nobody is in step j yet
-            self.entered = below_top
+            self.entered, self.fresh = below_top, None
             return Tick(j, below_top, below_top, below_floor, False, None)
-        starts = below_top & ~self.entered
-        self.entered = self.entered | below_top
-        return Tick(j, starts, self.entered, below_floor, False, None)
+        if self.fresh is not None:  # a third evaluation since the callback: fold the second one's entries in now
+            self.entered = self.entered | self.fresh
+        starts = below_top > self.entered  # on bools: below step j's top and not in step j yet, in one op
+        self.fresh = below_top
+        return Tick(j, starts, self.entered, below_floor, False, None, also=below_top)
 
     def _band(self, sigma: torch.Tensor) -> Tick:
         value = float(sigma[0])  # the host read (follow_sigma only)

@@ -55,16 +55,22 @@ class GuidanceRun:
         self.unmeasured = [False] * n  # a step had an evaluation without uncond pass (stock's cfg-1 shortcut)
         self.batch = -1
         self.latch: Optional[Latch] = None  # built at the first evaluation, when batch and device are known
-        self.unknown: Optional[torch.Tensor] = None  # [B] NaN: the row of a step nobody has started
-        self.norms: list[torch.Tensor] = []  # one [B] row per step: the norm of the step's first evaluation, else NaN
+        self.unknown: Optional[torch.Tensor] = None  # [B] NaN, made when first needed (``_unknown``)
+        self.norms: list[Optional[torch.Tensor]] = []  # per step: [B] norm of the step's first evaluation, else NaN;
+        # None while no sample has started the step (a NaN row, known on the host)
         self.started: list[tuple[int, torch.Tensor]] = []  # (step, samples whose first evaluation of it this was)
 
     def _start(self, batch: int, device: torch.device) -> None:
         self.batch = batch
         self.clock.start(batch, device)
-        self.latch = Latch(self.plan, self.settings, batch, device)
-        self.unknown = torch.full((batch,), math.nan, dtype=torch.float32, device=device)
-        self.norms = [self.unknown] * self.plan.steps
+        self.latch = Latch(self.plan, self.settings, batch, device, everyone=self.clock.everyone, nobody=self.clock.nobody)
+        self.norms = [None] * self.plan.steps
+
+    def _unknown(self) -> torch.Tensor:
+        """The [B] NaN row (one op, once per run, at its first use)."""
+        if self.unknown is None:
+            self.unknown = torch.full((self.batch,), math.nan, dtype=torch.float32, device=self.clock.everyone.device)
+        return self.unknown
 
     def combine(self, cond: torch.Tensor, uncond: torch.Tensor, sigma: torch.Tensor, cfg: float, measured: bool = True):
         """Called once per model evaluation with the denoised predictions; returns (cond', uncond') for CFG.
@@ -73,7 +79,7 @@ class GuidanceRun:
             self._start(cond.shape[0], cond.device)
         if cond.shape[0] != self.batch:
             raise ValueError(f"batch size changed mid-run at step {self.clock.step}: {self.batch} -> {cond.shape[0]}.")
-        tick = self.clock.tick(_per_sample(sigma, self.batch, self.unknown.device))
+        tick = self.clock.tick(_per_sample(sigma, self.batch, self.clock.everyone.device))
         if tick.step < self.plan.steps:
             self._record(tick.step, tick.starts, cond, uncond, sigma, cfg, measured)
         keep = self.latch.decide(tick, self.norms)
@@ -86,10 +92,15 @@ class GuidanceRun:
         return rewrite_conds(cond, uncond, self.settings.guidance_before, keep, cfg)
 
     def _record(self, j: int, starts: torch.Tensor, cond, uncond, sigma, cfg: float, measured: bool) -> None:
+        """Keep the norm for the samples whose first evaluation of step j this is. The host skips what it knows:
+        nobody starts (no norm needed), everyone starts (the norm is the row), the row is still unset (NaN)."""
         self.cfgs[j] = cfg
         self.unmeasured[j] |= not measured
-        d = guidance_norm(cond, uncond, sigma) if measured else self.unknown
-        self.norms[j] = torch.where(starts, d, self.norms[j])
+        if starts is self.clock.nobody:
+            return
+        d = guidance_norm(cond, uncond, sigma) if measured else self._unknown()
+        row = self.norms[j]
+        self.norms[j] = d if starts is self.clock.everyone else torch.where(starts, d, self._unknown() if row is None else row)
         self.started.append((j, starts))
 
     def end_step(self, i: int) -> None:
@@ -103,12 +114,17 @@ class GuidanceRun:
 
     def norm_row(self, i: int) -> torch.Tensor:
         """Step i's guidance norm per sample ([B], on the device; NaN where not measured)."""
-        return self.norms[i]
+        row = self.norms[i]
+        return self._unknown() if row is None else row
 
     def on_row(self, i: int) -> torch.Tensor:
         """Who had full CFG in step i ([B] bool, on the device)."""
         row = self.latch.on[i]
-        return row if row is not None else torch.zeros_like(self.latch.everyone)
+        return row if row is not None else self.latch.nobody
+
+    def everyone_on(self, i: int) -> bool:
+        """The host knows every sample had full CFG in step i (then ``on_row(i)`` is all true without a read)."""
+        return self.latch is not None and self.latch.on[i] is self.latch.everyone
 
     def finish(self, meta: Optional[dict] = None) -> Trace:
         """Bring the run to the host (one transfer) and check every measured norm is finite."""
@@ -116,8 +132,9 @@ class GuidanceRun:
         if self.latch is None:
             self._start(0, torch.device("cpu"))
         B = self.batch
+        self.latch.settle()
         steps_started = torch.tensor([j for j, _ in self.started], dtype=torch.int64)
-        rows = [*self.norms, *(self.on_row(i).float() for i in range(n)), self.latch.flagged.float(),
+        rows = [*(self.norm_row(i) for i in range(n)), *(self.on_row(i).float() for i in range(n)), self.latch.flagged.float(),
                 *(s.float() for _, s in self.started)]
         host = (torch.stack(rows) if rows else torch.zeros(0, B)).cpu()  # the run's one device -> host transfer
         norms, on, flagged, starts = host[:n], host[n:2 * n].bool(), host[2 * n].bool(), host[2 * n + 1:].bool()

@@ -4,9 +4,11 @@
 adapter opens a ``LiveStream`` (None without a client to send to), hands ``stream.step`` to the run as its per-step
 hook, and ends the stream once with the run's trace (``end``) or its error (``fail``).
 
-Never adds a host synchronisation per step: CPU values are read directly; CUDA values are copied (non-blocking)
-into pinned memory and sent once their event has completed, or at the run's end. A display error never breaks
-sampling: it is logged and the stream goes quiet. Importing this module needs no ComfyUI.
+Never adds a host synchronisation per step, and the same code runs on every device: per step the norm row (and,
+until the host knows every sample is on full CFG, the on-CFG row) is copied into one host buffer per run (pinned and
+non-blocking on CUDA; 1-2 copy ops per step, counted by tests/test_core_ops.py) and sent once the copy has completed
+(at once on the CPU, once its CUDA event has, or at the run's end). Other devices send the whole curve at the end.
+A display error never breaks sampling: it is logged and the stream goes quiet. Importing this module needs no ComfyUI.
 """
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ class LiveStream:
 
     def __init__(self, send: Callable[[str, dict], None], node_id: str):
         self.send, self.node_id, self.run_id = send, node_id, next(_run_ids)
-        self.pending: deque = deque()  # (step, host values [2, B], cuda event)
+        self.pending: deque = deque()  # (step, host values [2, B], everyone on, cuda event or None)
+        self.host: Optional[torch.Tensor] = None  # [steps, 2, B] float32 on the host: the copies of each step's rows
         self.was_on: list[bool] = []  # per sample, on full CFG in an earlier sent step
         self.steps = 0
         self.ended = self.broken = False
@@ -71,20 +74,26 @@ class LiveStream:
 
     def _push(self, run, i: int) -> None:
         self.steps = run.plan.steps
-        row = torch.stack((run.norm_row(i), run.on_row(i).float()))  # a copy: later steps cannot change it
-        if row.device.type == "cpu":
-            self._emit(i, row)
-        elif row.device.type == "cuda":
-            host = torch.empty(row.shape, dtype=row.dtype, pin_memory=True)
-            host.copy_(row, non_blocking=True)
+        norms = run.norm_row(i)
+        cuda = norms.device.type == "cuda"
+        if not cuda and norms.device.type != "cpu":
+            return  # other devices: the whole curve arrives with the run's end
+        if self.host is None:  # once per run
+            self.host = torch.empty((self.steps, 2, norms.shape[0]), dtype=torch.float32, pin_memory=cuda)
+        host, everyone = self.host[i], run.everyone_on(i)
+        host[0].copy_(norms, non_blocking=cuda)  # a copy: later evaluations replace the row, never change it
+        if not everyone:
+            host[1].copy_(run.on_row(i), non_blocking=cuda)
+        event = None
+        if cuda:
             event = torch.cuda.Event()
             event.record()
-            self.pending.append((i, host, event))
-        # other devices: the whole curve arrives with the run's end
+        self.pending.append((i, host, everyone, event))
         self._flush(wait=False)
 
-    def _emit(self, step: int, values: torch.Tensor) -> None:
-        norms, on = values.tolist()
+    def _emit(self, step: int, values: torch.Tensor, everyone: bool) -> None:
+        norms = values[0].tolist()
+        on = [True] * len(norms) if everyone else values[1].tolist()
         if not self.was_on:
             self.was_on = [False] * len(on)
         switched = [b for b, v in enumerate(on) if v and not self.was_on[b]]
@@ -92,11 +101,11 @@ class LiveStream:
         self.send(EVENT_STEP, step_payload(self.node_id, self.run_id, step, self.steps, norms, switched))
 
     def _flush(self, wait: bool) -> None:
-        while self.pending and (wait or self.pending[0][2].query()):
-            i, host, event = self.pending.popleft()
-            if wait:
+        while self.pending and (wait or self.pending[0][3] is None or self.pending[0][3].query()):
+            i, host, everyone, event = self.pending.popleft()
+            if wait and event is not None:
                 event.synchronize()
-            self._emit(i, host)
+            self._emit(i, host, everyone)
 
     def _close(self, last: Callable[[], None]) -> None:
         if self.ended:
