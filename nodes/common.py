@@ -10,6 +10,8 @@ from ..guidance import TRANSITIONS, GuidanceSettings
 CATEGORY = "sampling/memorization-safe"
 PAPER = ('Jain et al., "Classifier-Free Guidance inside the Attraction Basin May Cause Memorization": '
          "guidance inside the attraction basin copies training images; hold it off until the trajectory leaves.")
+GUIDE = ("Which node and which settings, when: the decision guide in the pack's README (linked from this node's "
+         "help page).")
 NORM_NOTE = ("The guidance norm is the per-sample RMS of (uncond_denoised - cond_denoised) / sigma: the paper's "
              "||eps_c - eps_u|| for eps and v models (up to a constant; on v models not the raw v difference the "
              "paper's reference code measures, so its thresholds do not carry over), the velocity difference for flow "

@@ -8,7 +8,7 @@ from comfy_api.latest import io, ui
 
 from ..guidance import render_curves
 from .adapter import find_handle
-from .common import CATEGORY, DENOISED_NOTE, PAPER, SEARCH_ALIASES, TRACE, schema_extras
+from .common import CATEGORY, DENOISED_NOTE, GUIDE, PAPER, SEARCH_ALIASES, TRACE, schema_extras
 
 
 def write_trace(trace, filename_prefix: str) -> str:
@@ -35,7 +35,7 @@ class MemSafeGuidanceCurve(io.ComfyNode):
             display_name="Guidance Norm Curve",
             category=CATEGORY,
             description=f"Draws the guidance-norm curve of a memorization-safe run: where each sample left the "
-                        f"attraction basin and switched to CFG. {PAPER}",
+                        f"attraction basin and switched to CFG. {PAPER} {GUIDE}",
             inputs=[
                 io.Latent.Input("latent", tooltip="The sampler's output LATENT: orders this node after sampling and picks "
                                                   "that run's trace when the guidance served several samplers."),

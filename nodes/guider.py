@@ -5,7 +5,7 @@ import comfy.samplers
 from comfy_api.latest import io
 
 from .adapter import patch_model
-from .common import CATEGORY, SEARCH_ALIASES, node_id, PAPER, guidance_inputs, schema_extras, settings_from, validate
+from .common import CATEGORY, SEARCH_ALIASES, node_id, GUIDE, PAPER, guidance_inputs, schema_extras, settings_from, validate
 
 
 class MemSafeCFGGuider(io.ComfyNode):
@@ -16,7 +16,7 @@ class MemSafeCFGGuider(io.ComfyNode):
             display_name="CFG Guider (Memorization-Safe)",
             category=CATEGORY,
             description=f"CFG guider that avoids reproducing training images. {PAPER} Use with SamplerCustomAdvanced; "
-                        "connect its GUIDER and output LATENT to 'Guidance Norm Curve' to see the switch.",
+                        f"connect its GUIDER and output LATENT to 'Guidance Norm Curve' to see the switch. {GUIDE}",
             inputs=[
                 io.Model.Input("model", tooltip="The diffusion model (eps, v or flow prediction)."),
                 io.Conditioning.Input("positive", tooltip="The prompt conditioning."),

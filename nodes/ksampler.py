@@ -7,7 +7,7 @@ from comfy_api.latest import io, ui
 
 from ..guidance import render_curves
 from .adapter import patch_model
-from .common import (CATEGORY, DENOISED_NOTE, SEARCH_ALIASES, node_id, PAPER, TRACE, guidance_inputs, schema_extras,
+from .common import (CATEGORY, DENOISED_NOTE, SEARCH_ALIASES, node_id, GUIDE, PAPER, TRACE, guidance_inputs, schema_extras,
                      settings_from, validate)
 
 
@@ -18,7 +18,7 @@ class MemSafeKSampler(io.ComfyNode):
             node_id="MemSafeKSampler",
             display_name="CFG KSampler (Memorization-Safe)",
             category=CATEGORY,
-            description=f"KSampler with memorization-safe guidance and the guidance-norm curve as an IMAGE. {PAPER}",
+            description=f"KSampler with memorization-safe guidance and the guidance-norm curve as an IMAGE. {PAPER} {GUIDE}",
             inputs=[
                 io.Model.Input("model", tooltip="The model used for denoising the input latent."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,

@@ -4,7 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from .adapter import patch_model
-from .common import CATEGORY, SEARCH_ALIASES, node_id, PAPER, guidance_inputs, schema_extras, settings_from, validate
+from .common import CATEGORY, SEARCH_ALIASES, node_id, GUIDE, PAPER, guidance_inputs, schema_extras, settings_from, validate
 
 
 class MemSafeCFGPatch(io.ComfyNode):
@@ -16,7 +16,7 @@ class MemSafeCFGPatch(io.ComfyNode):
             category=CATEGORY,
             description=f"Patches a model with memorization-safe guidance; cfg comes from the sampler. {PAPER} "
                         "Chains with other CFG patches (the norm is measured on the raw predictions) and always runs "
-                        "the unconditional pass, even at cfg 1.",
+                        f"the unconditional pass, even at cfg 1. {GUIDE}",
             inputs=[io.Model.Input("model", tooltip="The diffusion model to patch (eps, v or flow prediction)."), *guidance_inputs()],
             outputs=[io.Model.Output(tooltip="The model with memorization-safe guidance: use it in any sampler (cfg "
                                              "comes from the sampler), and in 'Guidance Norm Curve' to see each switch.")],

@@ -19,7 +19,7 @@ import comfy.utils
 from comfy_api.latest import io, ui
 
 from ..guidance import scan as S
-from .common import CATEGORY, NORM_NOTE, PAPER, schema_extras
+from .common import CATEGORY, GUIDE, NORM_NOTE, PAPER, schema_extras
 
 log = logging.getLogger(__name__)
 ALIGN_STEPS = 50  # Asthana and Belagiannis: the third-to-last timestep of a 50-step schedule
@@ -173,7 +173,7 @@ class MemSafeMemorizationScan(io.ComfyNode):
                          "images) and calibrates detect_threshold from prompts known to be clean. Per prompt and seed, one "
                          "cond + uncond evaluation on pure noise at the first step of the schedule gives the guidance norm; "
                          "'norm + alignment' adds one more at a low-noise step for the cosine between the unconditional "
-                         "prediction and the guidance vector. " + SCAN_PAPERS),
+                         "prediction and the guidance vector. " + SCAN_PAPERS + " " + GUIDE),
             inputs=[
                 io.Model.Input("model", tooltip="The model to audit (a checkpoint, a fine-tune, a LoRA-patched model)."),
                 io.Clip.Input("clip", tooltip="The text encoder that belongs to the model; prompts are encoded as CLIPTextEncode does."),

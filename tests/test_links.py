@@ -118,3 +118,16 @@ def test_a_broken_link_is_caught(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     found = [problem(page.parent, url, page) for url in links(page)]
     assert found[0] is None and "no heading" in found[1] and "does not exist" in found[2] and len(found) == 3
+
+
+GUIDE = f"{REPOSITORY}/blob/main/README.md#which-node-and-which-settings-when"
+GUIDED_PAGES = ["MemSafeKSampler", "MemSafeCFGGuider", "MemSafeCFGPatch", "MemSafeGuidanceCurve", "MemSafeMemorizationScan"]
+
+
+@pytest.mark.parametrize("node", GUIDED_PAGES)
+def test_help_pages_point_to_the_readme_decision_guide(node):
+    """Every language's help page of a guidance node links the same section of the README (the help panel opens
+    links in a new tab, so the link is the repository's address; test_every_relative_link_and_anchor_resolves checks
+    that the anchor exists)."""
+    pages = [HELP / f"{node}.md", *sorted((HELP / node).glob("*.md"))]
+    assert len(pages) >= 2 and all(GUIDE in links(p) for p in pages), [p.name for p in pages if GUIDE not in links(p)]
