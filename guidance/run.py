@@ -59,6 +59,7 @@ class GuidanceRun:
         self.norms: list[Optional[torch.Tensor]] = []  # per step: [B] norm of the step's first evaluation, else NaN;
         # None while no sample has started the step (a NaN row, known on the host)
         self.started: list[tuple[int, torch.Tensor]] = []  # (step, samples whose first evaluation of it this was)
+        self.carried: Optional[torch.Tensor] = None  # finish's ``carry``, on the host
 
     def _start(self, batch: int, device: torch.device) -> None:
         self.batch = batch
@@ -126,8 +127,10 @@ class GuidanceRun:
         """The host knows every sample had full CFG in step i (then ``on_row(i)`` is all true without a read)."""
         return self.latch is not None and self.latch.on[i] is self.latch.everyone
 
-    def finish(self, meta: Optional[dict] = None) -> Trace:
-        """Bring the run to the host (one transfer) and check every measured norm is finite."""
+    def finish(self, meta: Optional[dict] = None, carry: Optional[torch.Tensor] = None) -> Trace:
+        """Bring the run to the host (one transfer) and check every measured norm is finite. ``carry``: a float32
+        vector on the run's device that comes along in the same transfer (the caller's own bit of the run, e.g.
+        a fingerprint of its output); its host copy is ``self.carried``."""
         n = self.plan.steps
         if self.latch is None:
             self._start(0, torch.device("cpu"))
@@ -136,7 +139,13 @@ class GuidanceRun:
         steps_started = torch.tensor([j for j, _ in self.started], dtype=torch.int64)
         rows = [*(self.norm_row(i) for i in range(n)), *(self.on_row(i).float() for i in range(n)), self.latch.flagged.float(),
                 *(s.float() for _, s in self.started)]
-        host = (torch.stack(rows) if rows else torch.zeros(0, B)).cpu()  # the run's one device -> host transfer
+        host = torch.stack(rows) if rows else torch.zeros(0, B)
+        if carry is not None and carry.device == host.device:
+            host = torch.cat((host.reshape(-1), carry.reshape(-1).float())).cpu()  # the run's one device -> host transfer
+            host, self.carried = host[:len(rows) * B].reshape(len(rows), B), host[len(rows) * B:]
+        else:
+            host = host.cpu()  # the run's one device -> host transfer
+            self.carried = None if carry is None else carry.reshape(-1).float().cpu()  # another device: its own
         norms, on, flagged, starts = host[:n], host[n:2 * n].bool(), host[2 * n].bool(), host[2 * n + 1:].bool()
         got = torch.zeros(n, B, dtype=torch.int64).index_add_(0, steps_started, starts.long()) > 0
         visited = got.any(1)  # an evaluation was attributed to the step

@@ -11,11 +11,13 @@ Importing this module needs no ComfyUI; ``patch_model`` and the sampler check im
 """
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import logging
 import math
 import uuid
+import weakref
 from collections import deque
 from dataclasses import dataclass
 from typing import Optional
@@ -44,7 +46,8 @@ def _flat(latent) -> tuple[tuple[tuple[int, ...], ...], torch.Tensor]:
 @dataclass(frozen=True)
 class Fingerprint:
     """Enough of a latent to tell runs apart, whatever its size: its shape(s), dtype, ``PROBES`` values at fixed
-    evenly spaced positions, and its sum and L1 norm. Computed once per run (one device -> host copy)."""
+    evenly spaced positions, and its sum and L1 norm. Computed on the device once per run; its host copy comes
+    with the run's one transfer (``GuidanceRun.finish(carry=...)``)."""
 
     shapes: tuple[tuple[int, ...], ...]
     dtype: torch.dtype
@@ -55,14 +58,23 @@ class Fingerprint:
     @classmethod
     def of(cls, latent, shapes: Optional[list] = None) -> "Fingerprint":
         """``shapes``: the packed latents' shapes when ``latent`` is ComfyUI's flat pack ([B, 1, N])."""
+        own, dtype, values = cls.measure(latent, shapes)
+        return cls.from_host(own, dtype, values.cpu())
+
+    @staticmethod
+    def measure(latent, shapes: Optional[list] = None) -> tuple[tuple, torch.dtype, torch.Tensor]:
+        """(shapes, dtype, float32 [probes + 2] on the latent's device): the part computed where the latent is."""
         own, flat = _flat(latent.detach() if torch.is_tensor(latent) else latent)
         if shapes is not None and len(shapes) > 1:
             own = tuple(tuple(s) for s in shapes)
         values = flat.reshape(-1)
         at = torch.linspace(0, max(values.numel() - 1, 0), min(PROBES, values.numel()), device=values.device).long()
         sums = torch.stack((values.sum(dtype=torch.float32), torch.linalg.vector_norm(values, 1, dtype=torch.float32)))
-        host = torch.cat((values[at].float(), sums)).cpu()
-        return cls(own, values.dtype, host[:-2].float(), float(host[-2]), float(host[-1]))
+        return own, values.dtype, torch.cat((values[at].float(), sums))
+
+    @classmethod
+    def from_host(cls, shapes: tuple, dtype: torch.dtype, host: torch.Tensor) -> "Fingerprint":
+        return cls(shapes, dtype, host[:-2].float(), float(host[-2]), float(host[-1]))
 
     @property
     def nbytes(self) -> int:
@@ -92,6 +104,36 @@ def follows_sigma(sampler) -> bool:
         return False
     functions, codes = _off_schedule()
     return fn in functions or getattr(fn, "__code__", None) in codes
+
+
+_SCHEDULES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model_sampling -> (buffer versions, host copy)
+
+
+def host_sampling(model_sampling):
+    """A copy of ComfyUI's ``model_sampling`` with its buffers (the noise schedule) on the host, so that the
+    run's ``percent_to_sigma`` and ``timestep`` calls read no device: on a loaded model each of those calls is a
+    device -> host read inside ComfyUI (``.item()``, ``.to(sigma.device)``). Copied once per schedule object and
+    kept while it lives (one transfer for all its floating buffers; none when they are already on the host), so
+    a run reads nothing here. A schedule changed in place (its buffers' versions) is copied again."""
+    if not isinstance(model_sampling, torch.nn.Module):
+        return model_sampling  # no buffers to copy
+    buffers = dict(model_sampling.named_buffers())
+    versions = tuple(b._version for b in buffers.values())
+    cached = _SCHEDULES.get(model_sampling)
+    if cached is not None and cached[0] == versions:
+        return cached[1]
+    floats = [b for b in buffers.values() if b.is_floating_point()]
+    memo = {}
+    if floats:
+        host = torch.cat([b.detach().reshape(-1).double() for b in floats]).cpu()  # the one transfer
+        for b, part in zip(floats, host.split([b.numel() for b in floats])):
+            memo[id(b)] = part.to(b.dtype).reshape(b.shape)
+    for b in buffers.values():
+        if id(b) not in memo:
+            memo[id(b)] = b.detach().cpu()
+    copy_ = copy.deepcopy(model_sampling, memo)
+    _SCHEDULES[model_sampling] = (versions, copy_)
+    return copy_
 
 
 @functools.cache
@@ -136,8 +178,8 @@ class MemSafeHandle:
         guider = executor.class_obj
         call = bind_sample_args(guider, args, kwargs)
         sampler, sigmas = call.arguments["sampler"], call.arguments["sigmas"]
-        model_sampling = guider.model_patcher.get_model_object("model_sampling")
-        host_sigmas = sigmas.detach().float().cpu()  # once per run, before any step
+        model_sampling = host_sampling(guider.model_patcher.get_model_object("model_sampling"))
+        host_sigmas = sigmas.detach().float().cpu()  # the caller's schedule: on the host (KSampler, the schedulers)
         timesteps = model_sampling.timestep(host_sigmas[:-1]).float().tolist()
         stream = self.live.open() if self.live is not None else None
         run = GuidanceRun(self.settings, host_sigmas.tolist(), timesteps, model_sampling.percent_to_sigma,
@@ -148,15 +190,16 @@ class MemSafeHandle:
             output = executor(*call.args, **call.kwargs)
         finally:
             guider.model_options["transformer_options"].pop(self.run_key, None)
+        shapes, dtype, probe = Fingerprint.measure(output, call.arguments.get("latent_shapes"))
         try:
-            trace = run.finish(meta={"node_id": self.node_id or ""})
+            trace = run.finish(meta={"node_id": self.node_id or ""}, carry=probe)  # the fingerprint rides along
         except NonFiniteGuidance as e:
             if stream is not None:
                 stream.fail(str(e))
             raise
         if stream is not None:
             stream.end(trace)
-        self.recent.append((Fingerprint.of(output, call.arguments.get("latent_shapes")), trace))
+        self.recent.append((Fingerprint.from_host(shapes, dtype, run.carried), trace))
         return output
 
     def trace_for(self, samples) -> Trace:
