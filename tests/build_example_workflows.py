@@ -17,7 +17,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from workflows import CKPT, EXAMPLES as OUT, write_examples
+from workflows import CKPT, EXAMPLES as OUT, columns, write_examples
 
 HELP_IMAGES = OUT.parent / "js" / "docs"
 sys.path.insert(0, str(OUT.parent))  # plain torch, no ComfyUI: the repo's testbed/ and guidance/ by name
@@ -35,59 +35,95 @@ TESTBED_GUIDANCE = {"guidance_before": -2.0, "transition": "dynamic", "switch_pe
                     "latest_percent": 0.5, "detect_threshold": 0.0}
 
 
-def common(x=0):
+GUIDE = "Which node and which settings, when: the decision guide in the pack's README."
+
+
+def note(id, text, size=(380, 400)):
+    """The stock Note node: what the workflow shows and what to change first (front end only, never queued)."""
+    return {"id": id, "type": "Note", "size": list(size), "text": text}
+
+
+def inputs_column():
     return [
-        {"id": 1, "type": "CheckpointLoaderSimple", "pos": [x, 100], "widgets": {"ckpt_name": CKPT}},
-        {"id": 2, "type": "CLIPTextEncode", "pos": [x + 380, 0], "widgets": {"text": PROMPT}, "inputs": {"clip": (1, 1)},
-         "title": "Prompt", "size": [400, 160]},
-        {"id": 3, "type": "CLIPTextEncode", "pos": [x + 380, 220], "widgets": {"text": NEGATIVE}, "inputs": {"clip": (1, 1)},
-         "title": "Negative", "size": [400, 160]},
-        {"id": 4, "type": "EmptyLatentImage", "pos": [x + 380, 440], "widgets": {"width": 512, "height": 512, "batch_size": 2}},
+        {"id": 2, "type": "CLIPTextEncode", "widgets": {"text": PROMPT}, "inputs": {"clip": (1, 1)}, "title": "Prompt",
+         "size": [400, 200]},
+        {"id": 3, "type": "CLIPTextEncode", "widgets": {"text": NEGATIVE}, "inputs": {"clip": (1, 1)}, "title": "Negative",
+         "size": [400, 200]},
+        {"id": 4, "type": "EmptyLatentImage", "widgets": {"width": 512, "height": 512, "batch_size": 2}, "size": [400, 170]},
     ]
 
 
-def decode_save(src, x):
+def checkpoint():
+    return {"id": 1, "type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": CKPT}, "size": [360, 130]}
+
+
+def decode_save(src):
     return [
-        {"id": 20, "type": "VAEDecode", "pos": [x, 0], "inputs": {"samples": src, "vae": (1, 2)}},
-        {"id": 21, "type": "SaveImage", "pos": [x + 240, 0], "widgets": {"filename_prefix": "memsafe"}, "inputs": {"images": (20, 0)},
-         "size": [400, 440]},
+        {"id": 20, "type": "VAEDecode", "inputs": {"samples": src, "vae": (1, 2)}, "size": [320, 110]},
+        {"id": 21, "type": "SaveImage", "widgets": {"filename_prefix": "memsafe"}, "inputs": {"images": (20, 0)},
+         "size": [440, 480]},
     ]
+
+
+SD_CHANGE = ("Change first: the checkpoint and the prompt (the graph is built for SD1.5; the nodes take eps, v-prediction "
+             "and flow models). "
+             "guidance_before is -2 here (opposite guidance: fewer copies, some prompt adherence lost); 0 is the "
+             "pack's default (zero guidance, prompt kept). To treat only memorized prompts, set detect_threshold "
+             "from the Memorization Scan template. " + GUIDE)
 
 
 def guider_workflow():
-    return common() + [
-        {"id": 5, "type": "MemSafeCFGGuider", "pos": [860, 0], "widgets": {"cfg": 7.5, **GUIDANCE},
-         "inputs": {"model": (1, 0), "positive": (2, 0), "negative": (3, 0)}},
-        {"id": 6, "type": "RandomNoise", "pos": [860, 580], "widgets": {"noise_seed": 42}},
-        {"id": 7, "type": "KSamplerSelect", "pos": [860, 690], "widgets": {"sampler_name": "dpmpp_2m"}},
-        {"id": 8, "type": "BasicScheduler", "pos": [860, 790], "widgets": {"scheduler": "karras", "steps": 30, "denoise": 1.0},
-         "inputs": {"model": (1, 0)}},
-        {"id": 9, "type": "SamplerCustomAdvanced", "pos": [1220, 200],
-         "inputs": {"noise": (6, 0), "guider": (5, 0), "sampler": (7, 0), "sigmas": (8, 0), "latent_image": (4, 0)}},
-        {"id": 10, "type": "MemSafeGuidanceCurve", "pos": [1220, 420], "inputs": {"latent": (9, 0), "guider": (5, 0)},
-         "size": [500, 420]},
-    ] + decode_save((9, 0), 1560)
+    return columns(
+        [note(30, "What this shows: CFG Guider (Memorization-Safe) as the GUIDER of SamplerCustomAdvanced. Each "
+                  "sample gets no guidance (here: opposite guidance) until its guidance norm passes its first minimum "
+                  "(at the latest halfway), then normal CFG; Guidance Norm Curve draws where each sample switched.\n\n" + SD_CHANGE),
+         checkpoint()],
+        inputs_column(),
+        [{"id": 5, "type": "MemSafeCFGGuider", "widgets": {"cfg": 7.5, **GUIDANCE},
+          "inputs": {"model": (1, 0), "positive": (2, 0), "negative": (3, 0)}, "size": [380, 440]},
+         {"id": 6, "type": "RandomNoise", "widgets": {"noise_seed": 42}, "size": [380, 130]},
+         {"id": 7, "type": "KSamplerSelect", "widgets": {"sampler_name": "dpmpp_2m"}, "size": [380, 100]},
+         {"id": 8, "type": "BasicScheduler", "widgets": {"scheduler": "karras", "steps": 30, "denoise": 1.0},
+          "inputs": {"model": (1, 0)}, "size": [380, 180]}],
+        [{"id": 9, "type": "SamplerCustomAdvanced",
+          "inputs": {"noise": (6, 0), "guider": (5, 0), "sampler": (7, 0), "sigmas": (8, 0), "latent_image": (4, 0)},
+          "size": [360, 240]},
+         {"id": 10, "type": "MemSafeGuidanceCurve", "inputs": {"latent": (9, 0), "guider": (5, 0)}, "size": [520, 520]}],
+        decode_save((9, 0)),
+    )
 
 
 def ksampler_workflow():
-    return common() + [
-        {"id": 5, "type": "MemSafeKSampler", "pos": [860, 0], "size": [360, 520],
-         "widgets": {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0, **GUIDANCE},
-         "inputs": {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}},
-        {"id": 10, "type": "PreviewImage", "pos": [1260, 560], "inputs": {"images": (5, 1)}, "title": "Guidance norm curve",
-         "size": [500, 400]},
-    ] + decode_save((5, 0), 1260)
+    return columns(
+        [note(30, "What this shows: CFG KSampler (Memorization-Safe), one node in place of the stock KSampler. Each "
+                  "sample gets no guidance (here: opposite guidance) until its guidance norm passes its first minimum "
+                  "(at the latest halfway), then normal CFG; the live curve draws on the node while it samples, and the curve image previews "
+                  "beside it.\n\n" + SD_CHANGE),
+         checkpoint()],
+        inputs_column(),
+        [{"id": 5, "type": "MemSafeKSampler",
+          "widgets": {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0,
+                      **GUIDANCE},
+          "inputs": {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}, "size": [400, 760]}],
+        decode_save((5, 0)) + [{"id": 10, "type": "PreviewImage", "inputs": {"images": (5, 1)}, "title": "Guidance norm curve",
+                                "size": [520, 440]}],
+    )
 
 
 def patch_workflow():
-    return common() + [
-        {"id": 5, "type": "MemSafeCFGPatch", "pos": [860, 0], "widgets": GUIDANCE, "inputs": {"model": (1, 0)}},
-        {"id": 6, "type": "KSampler", "pos": [860, 560], "size": [320, 300],
-         "widgets": {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0},
-         "inputs": {"model": (5, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}},
-        {"id": 10, "type": "MemSafeGuidanceCurve", "pos": [1220, 420], "inputs": {"latent": (6, 0), "model": (5, 0)},
-         "size": [500, 420]},
-    ] + decode_save((6, 0), 1220)
+    return columns(
+        [note(30, "What this shows: CFG Model Patch (Memorization-Safe) on the MODEL, sampled by the stock KSampler "
+                  "(cfg comes from the KSampler; other samplers and other packs' CFG patches work the same). Guidance "
+                  "Norm Curve draws where each sample switched.\n\n" + SD_CHANGE),
+         checkpoint()],
+        inputs_column(),
+        [{"id": 5, "type": "MemSafeCFGPatch", "widgets": GUIDANCE, "inputs": {"model": (1, 0)}, "size": [380, 400]},
+         {"id": 6, "type": "KSampler",
+          "widgets": {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0},
+          "inputs": {"model": (5, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}, "size": [380, 360]}],
+        [{"id": 10, "type": "MemSafeGuidanceCurve", "inputs": {"latent": (6, 0), "model": (5, 0)}, "size": [520, 520]}],
+        decode_save((6, 0)),
+    )
 
 
 def testbed_workflow():
@@ -95,35 +131,39 @@ def testbed_workflow():
     sampler = {"seed": t["seed"], "steps": t["steps"], "cfg": t["cfg"], "sampler_name": "euler", "scheduler": "ddim_uniform",
                "denoise": 1.0}
     wired = {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}
-    return [
-        {"id": 1, "type": "MemSafeTestbedLoader", "pos": [0, 0], "size": [300, 60]},
-        {"id": 2, "type": "MemSafeTestbedPrompt", "pos": [0, 120], "size": [300, 80], "widgets": {"text": t["prompt"]},
-         "title": "Prompt (memorized: one exemplar is ~96 % of its records)"},
-        {"id": 3, "type": "MemSafeTestbedPrompt", "pos": [0, 250], "size": [300, 80], "widgets": {"text": ""},
-         "title": "Negative (empty = unconditional)"},
-        {"id": 4, "type": "EmptyLatentImage", "pos": [0, 380], "size": [300, 110],
-         "widgets": {"width": 128, "height": 128, "batch_size": t["batch"]}, "title": "Empty Latent (128x128 = the 16x16 testbed latent)"},
-        {"id": 5, "type": "KSampler", "pos": [360, 0], "size": [320, 270], "widgets": sampler, "inputs": wired,
-         "title": "KSampler (stock CFG)"},
-        {"id": 6, "type": "MemSafeKSampler", "pos": [360, 330], "size": [320, 470],
-         "widgets": {**sampler, **TESTBED_GUIDANCE, "curve_layout": "panels", "curve_denoised": True},
-         "inputs": wired, "title": "CFG KSampler (Memorization-Safe): opposite guidance -2, dynamic"},
-        {"id": 7, "type": "MemSafeTestbedDecode", "pos": [740, 0], "size": [260, 80], "widgets": {"scale": 8},
-         "inputs": {"samples": (5, 0)}, "title": "Decode (stock)"},
-        {"id": 8, "type": "MemSafeTestbedDecode", "pos": [740, 330], "size": [260, 80], "widgets": {"scale": 8},
-         "inputs": {"samples": (6, 0)}, "title": "Decode (Memorization-Safe)"},
-        {"id": 9, "type": "PreviewImage", "pos": [1040, 0], "size": [420, 280], "inputs": {"images": (7, 0)},
-         "title": "Stock KSampler samples"},
-        {"id": 10, "type": "PreviewImage", "pos": [1040, 330], "size": [420, 280], "inputs": {"images": (8, 0)},
-         "title": "Memorization-Safe samples"},
-        {"id": 11, "type": "MemSafeTestbedNearest", "pos": [740, 660], "size": [300, 120],
-         "widgets": {"threshold": COPY_THRESHOLD, "scale": 4}, "inputs": {"samples": (5, 0)}, "title": "Nearest training image (stock)"},
-        {"id": 12, "type": "MemSafeTestbedNearest", "pos": [740, 830], "size": [300, 120],
-         "widgets": {"threshold": COPY_THRESHOLD, "scale": 4}, "inputs": {"samples": (6, 0)},
-         "title": "Nearest training image (Memorization-Safe)"},
-        {"id": 15, "type": "PreviewImage", "pos": [360, 1060], "size": [640, 400], "inputs": {"images": (6, 1)},
-         "title": "Guidance norm curve (one panel per sample)"},
-    ]
+    return columns(
+        [note(30, f"What this shows: the pack's tiny digit model (any CPU) with '{t['prompt']}', a prompt it memorized "
+                  "(one training image is ~96 % of that prompt's records). The stock KSampler copies that image in "
+                  f"4 of 4 samples at seed {t['seed']}; the CFG KSampler (Memorization-Safe) with opposite guidance (-2) "
+                  "and the dynamic switch, on the same seed and settings, in 0 of 4, still drawing a 4. The Nearest "
+                  "nodes say which samples copy. This seed illustrates; the testbed's tables give the rates.\n\n"
+                  "Change first: the seed, or the prompt (memorized: 5 bold left wide, 3 thin left wide, 4 thin "
+                  "upright narrow, 0 thin upright narrow; any digit, thin/bold, left/upright/right, narrow/wide). "
+                  "guidance_before 0, the pack's default, removes fewer copies on this model. " + GUIDE, size=(380, 500)),
+         {"id": 1, "type": "MemSafeTestbedLoader", "size": [360, 100]},
+         {"id": 2, "type": "MemSafeTestbedPrompt", "widgets": {"text": t["prompt"]}, "title": "Prompt (memorized)",
+          "size": [360, 110]},
+         {"id": 3, "type": "MemSafeTestbedPrompt", "widgets": {"text": ""}, "title": "Negative (empty)", "size": [360, 110]},
+         {"id": 4, "type": "EmptyLatentImage", "widgets": {"width": 128, "height": 128, "batch_size": t["batch"]},
+          "title": "Empty Latent (16x16 latent)", "size": [360, 170]}],
+        [{"id": 5, "type": "KSampler", "widgets": sampler, "inputs": wired, "title": "KSampler (stock CFG)", "size": [380, 360]},
+         {"id": 6, "type": "MemSafeKSampler", "widgets": {**sampler, **TESTBED_GUIDANCE, "curve_layout": "panels",
+                                                          "curve_denoised": True},
+          "inputs": wired, "title": "CFG KSampler (Memorization-Safe)", "size": [400, 780]}],
+        [{"id": 7, "type": "MemSafeTestbedDecode", "widgets": {"scale": 8}, "inputs": {"samples": (5, 0)},
+          "title": "Decode (stock)", "size": [320, 110]},
+         {"id": 11, "type": "MemSafeTestbedNearest", "widgets": {"threshold": COPY_THRESHOLD, "scale": 4},
+          "inputs": {"samples": (5, 0)}, "title": "Nearest training image (stock)", "size": [360, 180]},
+         {"id": 8, "type": "MemSafeTestbedDecode", "widgets": {"scale": 8}, "inputs": {"samples": (6, 0)},
+          "title": "Decode (Memorization-Safe)", "size": [320, 110]},
+         {"id": 12, "type": "MemSafeTestbedNearest", "widgets": {"threshold": COPY_THRESHOLD, "scale": 4},
+          "inputs": {"samples": (6, 0)}, "title": "Nearest training image (Memorization-Safe)", "size": [380, 180]}],
+        [{"id": 9, "type": "PreviewImage", "inputs": {"images": (7, 0)}, "title": "Stock KSampler samples", "size": [440, 300]},
+         {"id": 10, "type": "PreviewImage", "inputs": {"images": (8, 0)}, "title": "Memorization-Safe samples",
+          "size": [440, 300]},
+         {"id": 15, "type": "PreviewImage", "inputs": {"images": (6, 1)}, "title": "Guidance norm curve (per sample)",
+          "size": [640, 440]}],
+    )
 
 
 # file stem (= the title the template browser shows) -> (graph, what its thumbnail says)

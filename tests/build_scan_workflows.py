@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from workflows import CKPT, EXAMPLES as OUT, write_examples
+from build_example_workflows import GUIDE, note, save_help_picture
+from workflows import CKPT, EXAMPLES as OUT, columns, write_examples
 
 REPO = OUT.parent
 HELP_IMAGES = REPO / "js" / "docs"
@@ -48,67 +49,76 @@ SD_SCAN = {"prompts": "\n".join(SD_PROMPTS), "negative": "", "seeds_per_prompt":
 
 
 TESTBED_THRESHOLD = 0.0246  # this workflow's scan output, rounded (write_thumbnails prints the exact value)
-SAMPLER_NOTE = "type the scan's detect_threshold here (same scheduler and steps as the scan)"
 
 
 def testbed_scan_workflow():
     sampler = {"seed": 4, "steps": 50, "cfg": 5.0, "sampler_name": "euler", "scheduler": "ddim_uniform", "denoise": 1.0,
                "guidance_before": 0.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
                "latest_percent": 0.5, "detect_threshold": TESTBED_THRESHOLD, "curve_layout": "panels"}
-    return [
-        {"id": 1, "type": "MemSafeTestbedLoader", "pos": [0, 0], "size": [320, 80], "title": "Testbed model + text encoder"},
-        {"id": 2, "type": "MemSafeMemorizationScan", "pos": [380, 0], "size": [420, 760], "widgets": TESTBED_SCAN,
-         "inputs": {"model": (1, 0), "clip": (1, 1)}, "title": "Memorization Scan (testbed prompts)"},
-        {"id": 3, "type": "PreviewImage", "pos": [840, 0], "size": [820, 520], "inputs": {"images": (2, 0)},
-         "title": "Ranked chart"},
-        {"id": 4, "type": "PreviewAny", "pos": [840, 560], "size": [820, 420], "inputs": {"source": (2, 1)}, "title": "Report"},
-        {"id": 5, "type": "PreviewAny", "pos": [380, 800], "size": [420, 120], "inputs": {"source": (2, 2)},
-         "title": "detect_threshold (type it into a Memorization-Safe node, same scheduler and steps)"},
-        # Then sample with it: the stock text-encode path on the loader's CLIP, the CFG KSampler (Memorization-Safe).
-        {"id": 6, "type": "CLIPTextEncode", "pos": [0, 1000], "size": [320, 120], "widgets": {"text": "3 thin left wide"},
-         "inputs": {"clip": (1, 1)}, "title": "Prompt (stock CLIP Text Encode)"},
-        {"id": 7, "type": "CLIPTextEncode", "pos": [0, 1160], "size": [320, 120], "widgets": {"text": ""},
-         "inputs": {"clip": (1, 1)}, "title": "Negative (empty = unconditional)"},
-        {"id": 8, "type": "EmptyLatentImage", "pos": [0, 1320], "size": [320, 110],
-         "widgets": {"width": 128, "height": 128, "batch_size": 4}},
-        {"id": 9, "type": "MemSafeKSampler", "pos": [380, 1000], "size": [420, 520], "widgets": sampler,
-         "inputs": {"model": (1, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (8, 0)},
-         "title": "CFG KSampler (Memorization-Safe): " + SAMPLER_NOTE},
-        {"id": 10, "type": "MemSafeTestbedDecode", "pos": [840, 1000], "size": [260, 80], "widgets": {"scale": 8},
-         "inputs": {"samples": (9, 0)}},
-        {"id": 11, "type": "PreviewImage", "pos": [1140, 1000], "size": [420, 280], "inputs": {"images": (10, 0)},
-         "title": "Samples (flagged ones get the transition, the others plain CFG)"},
-        {"id": 12, "type": "PreviewImage", "pos": [840, 1320], "size": [720, 400], "inputs": {"images": (9, 1)},
-         "title": "Guidance norm curve (dashed line: detect_threshold)"},
-    ]
+    return columns(
+        [note(30, "What this shows: the Memorization Scan ranks the testbed's 4 memorized prompts and their 4 clean "
+              "siblings by first-step guidance norm (8 seeds each), and calibrates detect_threshold on 8 other clean "
+              f"prompts at a 5 % false-positive rate ({TESTBED_THRESHOLD} here). Below, the CFG KSampler "
+              "(Memorization-Safe) uses that threshold: flagged samples get the transition, the others plain CFG.\n\n"
+              "Change first: the prompts list (for your own model: its training captions, one per line) and the clean "
+              "list (prompts you know are clean); then type the scan's detect_threshold into the sampler, with the "
+              "scan's scheduler and steps. " + GUIDE, size=(380, 440)),
+         {"id": 1, "type": "MemSafeTestbedLoader", "size": [380, 100], "title": "Testbed model + text encoder"},
+         {"id": 6, "type": "CLIPTextEncode", "widgets": {"text": "3 thin left wide"}, "inputs": {"clip": (1, 1)},
+          "title": "Prompt (stock CLIP Text Encode)", "size": [380, 150]},
+         {"id": 7, "type": "CLIPTextEncode", "widgets": {"text": ""}, "inputs": {"clip": (1, 1)},
+          "title": "Negative (empty)", "size": [380, 150]},
+         {"id": 8, "type": "EmptyLatentImage", "widgets": {"width": 128, "height": 128, "batch_size": 4}, "size": [380, 170]}],
+        [{"id": 2, "type": "MemSafeMemorizationScan", "widgets": TESTBED_SCAN, "inputs": {"model": (1, 0), "clip": (1, 1)},
+          "title": "Memorization Scan (testbed prompts)", "size": [460, 900]},
+         {"id": 9, "type": "MemSafeKSampler", "widgets": sampler,
+          "inputs": {"model": (1, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (8, 0)},
+          "title": "CFG KSampler (Memorization-Safe)", "size": [460, 760]}],
+        [{"id": 3, "type": "PreviewImage", "inputs": {"images": (2, 0)}, "title": "Ranked chart", "size": [820, 520]},
+         {"id": 4, "type": "PreviewAny", "inputs": {"source": (2, 1)}, "title": "Report", "size": [820, 420]},
+         {"id": 5, "type": "PreviewAny", "inputs": {"source": (2, 2)}, "title": "detect_threshold (from the scan)",
+          "size": [460, 160]},
+         {"id": 10, "type": "MemSafeTestbedDecode", "widgets": {"scale": 8}, "inputs": {"samples": (9, 0)},
+          "size": [320, 110]}],
+        [{"id": 11, "type": "PreviewImage", "inputs": {"images": (10, 0)}, "title": "Samples (flagged: transition)",
+          "size": [460, 320]},
+         {"id": 12, "type": "PreviewImage", "inputs": {"images": (9, 1)}, "title": "Guidance norm curve (dashed: threshold)",
+          "size": [720, 440]}],
+    )
 
 
 def sd15_scan_workflow():
-    return [
-        {"id": 1, "type": "CheckpointLoaderSimple", "pos": [0, 0], "widgets": {"ckpt_name": CKPT}, "size": [340, 100]},
-        {"id": 2, "type": "MemSafeMemorizationScan", "pos": [380, 0], "size": [460, 820], "widgets": SD_SCAN,
-         "inputs": {"model": (1, 0), "clip": (1, 1)}, "title": "Memorization Scan (your prompt list)"},
-        {"id": 3, "type": "PreviewImage", "pos": [880, 0], "size": [820, 520], "inputs": {"images": (2, 0)},
-         "title": "Ranked chart"},
-        {"id": 4, "type": "PreviewAny", "pos": [880, 560], "size": [820, 420], "inputs": {"source": (2, 1)}, "title": "Report"},
-        {"id": 5, "type": "PreviewAny", "pos": [380, 860], "size": [460, 120], "inputs": {"source": (2, 2)},
-         "title": "detect_threshold, for the CFG KSampler (Memorization-Safe) with karras, 30 steps"},
-        # Then sample a flagged prompt with the threshold (0 = detection off until you type the scan's value).
-        {"id": 6, "type": "CLIPTextEncode", "pos": [0, 1040], "size": [340, 140], "widgets": {"text": SD_PROMPTS[0]},
-         "inputs": {"clip": (1, 1)}, "title": "Prompt (one the scan flagged)"},
-        {"id": 7, "type": "CLIPTextEncode", "pos": [0, 1220], "size": [340, 140], "widgets": {"text": ""},
-         "inputs": {"clip": (1, 1)}, "title": "Negative"},
-        {"id": 8, "type": "EmptyLatentImage", "pos": [0, 1400], "widgets": {"width": 512, "height": 512, "batch_size": 2}},
-        {"id": 9, "type": "MemSafeKSampler", "pos": [380, 1040], "size": [460, 520],
-         "widgets": {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0,
-                     "guidance_before": 0.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
-                     "latest_percent": 0.5, "detect_threshold": 0.0, "curve_layout": "panels"},
-         "inputs": {"model": (1, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (8, 0)},
-         "title": "CFG KSampler (Memorization-Safe): " + SAMPLER_NOTE},
-        {"id": 10, "type": "VAEDecode", "pos": [880, 1040], "inputs": {"samples": (9, 0), "vae": (1, 2)}},
-        {"id": 11, "type": "SaveImage", "pos": [1120, 1040], "size": [400, 440], "widgets": {"filename_prefix": "memsafe_scan"},
-         "inputs": {"images": (10, 0)}},
-    ]
+    return columns(
+        [note(30, "What this shows: the Memorization Scan on your checkpoint: it ranks a prompt list by first-step "
+              "guidance norm (4 seeds each), calibrates detect_threshold on prompts known to be clean at a 5 % "
+              "false-positive rate, and reports each prompt's score. The prompts shipped here are examples; nothing "
+              "in them is claimed to be memorized. Below, the CFG KSampler (Memorization-Safe) samples one prompt; "
+              "its detect_threshold is 0 (detection off) until you type the scan's value.\n\n"
+              "Change first: the checkpoint, the prompts list (a fine-tune's training captions, one per line) and the "
+              "clean list; then type the scan's detect_threshold into the sampler (same scheduler and steps). " + GUIDE,
+              size=(380, 440)),
+         {"id": 1, "type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": CKPT}, "size": [380, 130]},
+         {"id": 6, "type": "CLIPTextEncode", "widgets": {"text": SD_PROMPTS[0]}, "inputs": {"clip": (1, 1)},
+          "title": "Prompt (one the scan flagged)", "size": [380, 180]},
+         {"id": 7, "type": "CLIPTextEncode", "widgets": {"text": ""}, "inputs": {"clip": (1, 1)}, "title": "Negative",
+          "size": [380, 180]},
+         {"id": 8, "type": "EmptyLatentImage", "widgets": {"width": 512, "height": 512, "batch_size": 2}, "size": [380, 170]}],
+        [{"id": 2, "type": "MemSafeMemorizationScan", "widgets": SD_SCAN, "inputs": {"model": (1, 0), "clip": (1, 1)},
+          "title": "Memorization Scan (your prompt list)", "size": [480, 940]},
+         {"id": 9, "type": "MemSafeKSampler",
+          "widgets": {"seed": 42, "steps": 30, "cfg": 7.5, "sampler_name": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0,
+                      "guidance_before": 0.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
+                      "latest_percent": 0.5, "detect_threshold": 0.0, "curve_layout": "panels"},
+          "inputs": {"model": (1, 0), "positive": (6, 0), "negative": (7, 0), "latent_image": (8, 0)},
+          "title": "CFG KSampler (Memorization-Safe)", "size": [480, 760]}],
+        [{"id": 3, "type": "PreviewImage", "inputs": {"images": (2, 0)}, "title": "Ranked chart", "size": [820, 520]},
+         {"id": 4, "type": "PreviewAny", "inputs": {"source": (2, 1)}, "title": "Report", "size": [820, 420]},
+         {"id": 5, "type": "PreviewAny", "inputs": {"source": (2, 2)}, "title": "detect_threshold (karras, 30 steps)",
+          "size": [480, 160]},
+         {"id": 10, "type": "VAEDecode", "inputs": {"samples": (9, 0), "vae": (1, 2)}, "size": [320, 110]}],
+        [{"id": 11, "type": "SaveImage", "widgets": {"filename_prefix": "memsafe_scan"}, "inputs": {"images": (10, 0)},
+          "size": [460, 480]}],
+    )
 
 
 WORKFLOWS = {
@@ -147,7 +157,7 @@ def write_thumbnails(size: int = 512) -> None:
         print(f"note: this run's detect_threshold {thr:.6g} differs from TESTBED_THRESHOLD {TESTBED_THRESHOLD}; update it")
     img = Image.fromarray((chart[0].numpy() * 255).round().astype("uint8"))
     HELP_IMAGES.mkdir(parents=True, exist_ok=True)
-    img.save(HELP_IMAGES / "scan-chart.png", optimize=True)
+    save_help_picture(img, "scan-chart.png")  # js/docs/ and beside each locale page that shows it
     (REPO / "artifacts").mkdir(exist_ok=True)
     (REPO / "artifacts" / "scan_testbed_report.txt").write_text(report + "\n")
     print(report)

@@ -6,7 +6,7 @@ its unpacked ``static`` folder, which .ci/run installs from the registry), each 
 (Vue node rendering). Every example workflow is loaded through the templates dialog and must show no missing node
 and no validation error; the runnable testbed workflows are queued from the Run button and their nodes must paint
 the live curve (pixels are read back from the canvas), keep the summary inside the node, show the final preview and
-a summary equal to the saved trace; no console warning or error may come from the pack's script. Screenshots go to
+a summary equal to the saved trace; no two nodes of a template may overlap as it opens (boxes read after load); no console warning or error may come from the pack's script. Screenshots go to
 artifacts/browser/<combination>/ (MEMSAFE_README_SHOT=1 also rewrites docs/live-curve.png from the Nodes 2.0 run on
 the newest front end). Needs: COMFYUI_PATH, Debian's chromium at /usr/bin/chromium (or MEMSAFE_CHROMIUM), node, and
 `npm ci --prefix tests/browser`.
@@ -256,6 +256,35 @@ def test_example_workflow_loads_without_missing_nodes_or_validation_errors(ui, p
                 received = str(e.get("extra_info", {}).get("received_value", ""))
                 assert e["type"] == "value_not_in_list" and MODEL_FILE.search(received), (node_id, e)
         assert body.get("node_errors"), body
+
+
+def overlaps(boxes: list[dict]) -> list[str]:
+    """Pairs of node boxes [x, y, w, h] that intersect (touching edges do not count)."""
+    found = []
+    for k, a in enumerate(boxes):
+        for b in boxes[k + 1:]:
+            (ax, ay, aw, ah), (bx, by, bw, bh) = a["box"], b["box"]
+            w, h = min(ax + aw, bx + bw) - max(ax, bx), min(ay + ah, by + bh) - max(ay, by)
+            if w > 0.5 and h > 0.5:
+                found.append(f"{a['title']!r} and {b['title']!r} overlap by {w:.0f} x {h:.0f}")
+    return found
+
+
+def test_overlap_check_sees_an_overlap():
+    box = lambda t, x, y: {"title": t, "box": [x, y, 100, 50]}  # noqa: E731
+    assert overlaps([box("a", 0, 0), box("b", 100, 0), box("c", 0, 50)]) == []
+    assert overlaps([box("a", 0, 0), box("b", 90, 40)]) == ["'a' and 'b' overlap by 10 x 10"]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_example_workflow_opens_without_overlapping_nodes(ui, path):
+    """Issue 21: the boxes the front end draws right after the template opens (classic: LiteGraph's pos and size with
+    the title bar above pos; Nodes 2.0: each node element's getBoundingClientRect), every node present and no two
+    intersecting. Nodes 2.0 renders nodes taller than their saved size, so the generators leave generous gaps."""
+    boxes = ui["templates"][path.stem]["boxes"]
+    assert len(boxes) == len(json.loads(path.read_text())["nodes"])
+    assert [b["title"] for b in boxes if not b["box"]] == [], "nodes not drawn"
+    assert overlaps(boxes) == []
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)

@@ -13,6 +13,23 @@ CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
 CKPT_MODELS = [{"name": CKPT, "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/" + CKPT,
                 "directory": "checkpoints"}]
 FILE_COMBOS = {("CheckpointLoaderSimple", "ckpt_name"), ("UNETLoader", "unet_name")}
+# The front end's own note nodes: drawn and saved in the workflow, never sent to /prompt, absent from /object_info.
+NOTES = {"Note", "MarkdownNote"}
+
+
+def columns(*cols: list[dict], x: float = 0, y: float = 0, gap: tuple[float, float] = (90, 110)) -> list[dict]:
+    """Lay node specs (each with a "size") out in columns, left to right: a column starts ``gap[0]`` right of the
+    widest node of the one before, and its nodes stack downwards ``gap[1]`` apart. The gaps leave room for the title
+    bar drawn above a node's pos and for Nodes 2.0, which draws nodes taller than their saved size (issue 21)."""
+    out = []
+    for col in cols:
+        top = y
+        for n in col:
+            n["pos"] = [x, top]
+            top += n["size"][1] + gap[1]
+            out.append(n)
+        x += max(n["size"][0] for n in col) + gap[0]
+    return out
 
 
 def input_specs(info: dict) -> list[tuple[str, str, dict, bool]]:
@@ -57,6 +74,11 @@ def build(spec: list[dict], object_info: dict) -> dict:
             links.append([lid, src, slot, n["id"], tgt_slot, typ])
             out_links.setdefault((src, slot), []).append(lid)
     for order, n in enumerate(spec):
+        if n["type"] in NOTES:
+            nodes.append({"id": n["id"], "type": n["type"], "pos": list(n["pos"]), "size": list(n["size"]), "flags": {},
+                          "order": order, "mode": 0, "inputs": [], "outputs": [], "properties": {},
+                          "widgets_values": [n["text"]], "color": "#432", "bgcolor": "#653"})
+            continue
         info = object_info[n["type"]]
         link_of = {l[4]: l[0] for l in links if l[3] == n["id"]}
         inputs = [{"name": name, "type": typ, "link": link_of.get(k)} for k, (name, typ, _) in enumerate(socket_inputs(info))]
@@ -84,6 +106,10 @@ def problems(workflow: dict, object_info: dict) -> list[str]:
     errs = []
     nodes = {n["id"]: n for n in workflow["nodes"]}
     for n in workflow["nodes"]:
+        if n["type"] in NOTES:
+            if not (len(n.get("widgets_values", [])) == 1 and isinstance(n["widgets_values"][0], str)) or n.get("inputs") or n.get("outputs"):
+                errs.append(f"node {n['id']} {n['type']}: a note holds one text and no sockets")
+            continue
         info = object_info.get(n["type"])
         if info is None:
             errs.append(f"node {n['id']}: type {n['type']} is not registered")
@@ -138,7 +164,7 @@ def to_api(workflow: dict, object_info: dict) -> dict:
     prompt = {}
     links = {l[0]: l for l in workflow["links"]}
     for n in workflow["nodes"]:
-        if n.get("mode", 0) != 0:
+        if n.get("mode", 0) != 0 or n["type"] in NOTES:
             continue
         info = object_info[n["type"]]
         inputs = {name: v for name, v in zip(widget_names(info), n.get("widgets_values", [])) if not name.endswith(":control")}

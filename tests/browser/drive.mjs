@@ -157,6 +157,24 @@ async function painted(page, id) {
   }, { nid: Number(id), vue: !!cfg.vue });
 }
 
+/** Every node's box as drawn, after fitting the graph into view (issue 21): classic mode, LiteGraph's pos and size
+ * with the title bar above pos (canvas units); Nodes 2.0, each node element's getBoundingClientRect (screen pixels). */
+async function nodeBoxes(page) {
+  await page.evaluate(() => app.extensionManager.command.execute("Comfy.Canvas.FitView"));
+  await settle(page, 400);
+  return page.evaluate((vue) => app.graph.nodes.map((n) => {
+    const base = { id: String(n.id), type: n.type, title: n.title, size: [...n.size], scale: app.canvas.ds.scale };
+    if (vue) {
+      const el = document.querySelector(`[data-node-id="${n.id}"]`);
+      if (!el) return { ...base, box: null };
+      const r = el.getBoundingClientRect();
+      return { ...base, box: [r.left, r.top, r.width, r.height] };
+    }
+    const title = n.constructor.title_mode === LiteGraph.NO_TITLE ? 0 : LiteGraph.NODE_TITLE_HEIGHT;
+    return { ...base, box: [n.pos[0], n.pos[1] - title, n.size[0], n.size[1] + title] };
+  }), !!cfg.vue);
+}
+
 /** Server-side validation of the UI's prompt; a prompt that validates is queued, so wait for it and free the cache. */
 async function validate(page) {
   return page.evaluate(async () => {
@@ -364,6 +382,7 @@ try {
     const wf = await loadTemplate(page, cfg.module, name);
     await settle(page, 800);
     const entry = { ...(await uiState(page)), nodes: wf.nodes.length, guided: await guidedNodes(page) };
+    entry.boxes = await nodeBoxes(page);  // as the template opens, before any widget is flipped
     entry.modes = await modeCycle(page);
     entry.page_errors = out.page_errors.slice(errorsBefore);
     await page.screenshot({ path: shot(`template-${name}.png`) });
