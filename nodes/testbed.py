@@ -312,13 +312,18 @@ class MemSafeTestbedTrainingImages(io.ComfyNode):
                                    tooltip="training: the exemplars and 1397 training glyphs x 6 bin centres (8,386 "
                                            "files, as the testbed's copy measure uses); held-out: 400 glyphs never trained on."),
                     io.Int.Input("scale", default=8, min=1, max=32,
-                                 tooltip="Enlargement of the 16 x 16 images (8 = 128 px, as Testbed Decode's default).")],
+                                 tooltip="Enlargement of the 16 x 16 images (8 = 128 px, as Testbed Decode's default)."),
+                    io.Image.Input("images", optional=True,
+                                   tooltip="Optional: images passed through unchanged once the folder is written; feed "
+                                           "Copy Check from the images output so it runs after the folder exists.")],
             outputs=[io.String.Output(display_name="folder", tooltip="The folder written (relative to the input "
                                                                      "directory): connect it to Copy Check's reference_folder."),
-                     io.Int.Output(display_name="count", tooltip="How many images the folder holds for this set.")])
+                     io.Int.Output(display_name="count", tooltip="How many images the folder holds for this set."),
+                     io.Image.Output(display_name="images", tooltip="The images input, unchanged, after the folder is "
+                                                                    "written (None when nothing is connected).")])
 
     @classmethod
-    def execute(cls, folder, image_set, scale) -> io.NodeOutput:
+    def execute(cls, folder, image_set, scale, images=None) -> io.NodeOutput:
         import folder_paths
         from pathlib import Path
 
@@ -336,7 +341,7 @@ class MemSafeTestbedTrainingImages(io.ComfyNode):
             comfy.model_management.throw_exception_if_processing_interrupted()
             imgs = to_image(x[a:a + 512], scale)
             written += sum(write_png_if_changed(root / nm, im) for nm, im in zip(names[a:a + 512], imgs))
-        return io.NodeOutput(text, len(names), ui={"text": (f"{len(names)} images in input/{text} ({written} written)",)})
+        return io.NodeOutput(text, len(names), images, ui={"text": (f"{len(names)} images in input/{text} ({written} written)",)})
 
 
 NODES.append(MemSafeTestbedTrainingImages)

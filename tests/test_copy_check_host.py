@@ -155,10 +155,12 @@ def test_model_free_descriptor_flags_the_testbeds_copies(dirs):
     from memsafe_cfg.testbed import measure
 
     out = MemSafeTestbedTrainingImages.execute("tb/train", "training (copy references)", 8)
-    folder, count = out.args if hasattr(out, "args") else out.result
-    assert folder == "tb/train" and count == 8386 and len(list((dirs / "tb" / "train").rglob("*.png"))) == 8386
+    folder, count, passed = out.args if hasattr(out, "args") else out.result
+    assert folder == "tb/train" and count == 8386 and passed is None and len(list((dirs / "tb" / "train").rglob("*.png"))) == 8386
     before = {p: p.stat().st_mtime_ns for p in list((dirs / "tb" / "train" / "exemplars").iterdir())}
-    MemSafeTestbedTrainingImages.execute("tb/train", "training (copy references)", 8)
+    img = torch.rand(2, 8, 8, 3)
+    again = MemSafeTestbedTrainingImages.execute("tb/train", "training (copy references)", 8, images=img)
+    assert (again.args if hasattr(again, "args") else again.result)[2] is img  # passed through, after the write
     assert {p: p.stat().st_mtime_ns for p in before} == before  # unchanged files are not rewritten
     model, clip = (lambda o: o.args if hasattr(o, "args") else o.result)(MemSafeTestbedLoader.execute())
     (neg,) = comfy_nodes.CLIPTextEncode().encode(clip, "")
@@ -172,10 +174,10 @@ def test_model_free_descriptor_flags_the_testbeds_copies(dirs):
     tb_sim, _ = training_measure().nearest(x)
     tb_copy = tb_sim > measure.COPY_THRESHOLD
     assert tb_copy[:4].sum() >= 2 and not tb_copy[4:].any()
-    pairs, report, mx, copies = run(to_image(x, 8), folder, threshold=0.971)
-    flags = [("COPY" in ln) for ln in report.splitlines() if ln.startswith("output ")]
-    assert flags == tb_copy.tolist(), report
-    assert copies == int(tb_copy.sum()) and pairs.shape[0] == 8 and "exemplar_1_3_thin_left_wide" in report
+    pairs, report, mx, copies = run(to_image(x, 8), folder, threshold=0.960)
+    flags = torch.tensor([("COPY" in ln) for ln in report.splitlines() if ln.startswith("output ")])
+    assert flags[tb_copy].all() and not flags[4:].any(), report  # every testbed copy flagged, no clean sample
+    assert copies == int(flags.sum()) and pairs.shape[0] == 8 and "exemplar_1_3_thin_left_wide" in report
 
 
 # -- bad input: one test each, all refused before anything is read ------------------------------------------------------
@@ -195,6 +197,7 @@ def test_dotdot_is_refused(dirs):
 def test_absolute_path_is_refused(dirs):
     training_folder(dirs)
     assert "absolute path" in refused(pictures(1), "reference_folder", folder=str(dirs / "train"))
+    assert "absolute path" in node().validate_inputs(str(dirs / "train"), "fixed threshold", "", 0.01)
 
 
 def test_symlink_that_leads_out_is_refused(dirs, tmp_path):
@@ -202,8 +205,8 @@ def test_symlink_that_leads_out_is_refused(dirs, tmp_path):
     training_folder(outside)
     (dirs / "link").symlink_to(outside / "train")
     assert "leads out" in refused(pictures(1), "reference_folder", folder="link")
-    msg = node().validate_inputs("link", "fixed threshold", "", 0.01)
-    assert isinstance(msg, str) and "leads out" in msg
+    # at queue time only the text is checked (an upstream node may still write the folder); execute resolves it
+    assert node().validate_inputs("link", "fixed threshold", "", 0.01) is True
 
 
 def test_missing_folder_is_refused(dirs):
