@@ -281,6 +281,11 @@ def test_the_counter_sees_each_kind_of_read():
     assert {r.owner for r in rec.reads} == {"other"}  # this file is neither the pack nor ComfyUI
 
 
+def _phases(rec: Recorder) -> str:
+    """'pack setup / sampling / end | ComfyUI setup / sampling / end' read counts."""
+    return " | ".join(" / ".join(str(sum(rec.table(o, p).values())) for p in ("setup", "sampling", "end")) for o in ("pack", "comfy"))
+
+
 def _report(comfy, model) -> str:
     """The table for bench/README.md: ``python tests/test_host_reads.py`` (COMFYUI_PATH set)."""
     lines = ["| path | setting | batch | pack: setup / sampling / end | ComfyUI (same as stock): setup / sampling / end |",
@@ -289,12 +294,10 @@ def _report(comfy, model) -> str:
         for setting in sorted(SETTINGS):
             for batch in (1, 4):
                 rec = counted(comfy, path, model, batch, SETTINGS[setting])
-                cells = [" / ".join(str(sum(rec.table(o, p).values())) for p in ("setup", "sampling", "end")) for o in ("pack", "comfy")]
-                lines.append(f"| {path} | {setting} | {batch} | {cells[0]} | {cells[1]} |")
+                lines.append(f"| {path} | {setting} | {batch} | {_phases(rec)} |")
     for sampler in ("heun", "dpmpp_2m", "euler_ancestral", "dpm_fast", "dpm_adaptive"):
         rec = counted(comfy, "patch", model, 2, SETTINGS["dynamic"], sampler)
-        cells = [" / ".join(str(sum(rec.table(o, p).values())) for p in ("setup", "sampling", "end")) for o in ("pack", "comfy")]
-        lines.append(f"| patch, {sampler} ({rec.done} evaluations) | dynamic | 2 | {cells[0]} | {cells[1]} |")
+        lines.append(f"| patch, {sampler} ({rec.done} evaluations) | dynamic | 2 | {_phases(rec)} |")
     rec = counted(comfy, "patch", model, 4, SETTINGS["dynamic"])
     lines += ["", "ComfyUI's reads in one run (patch, dynamic, batch 4; stock makes the same):"]
     lines += [f"- {n} x {kind} at {where} ({rec.phase(next(r for r in rec.reads if (r.kind, r.where) == (kind, where)))})"
