@@ -14,7 +14,8 @@ from workflows import problems
 
 pytestmark = pytest.mark.host
 REPO = Path(__file__).resolve().parents[1]
-NODE_IDS = ["MemSafeCFGGuider", "MemSafeKSampler", "MemSafeCFGPatch", "MemSafeGuidanceCurve", "MemSafeMemorizationScan"]
+NODE_IDS = ["MemSafeCFGGuider", "MemSafeKSampler", "MemSafeCFGPatch", "MemSafeGuidanceCurve", "MemSafeMemorizationScan",
+            "MemSafeCopyCheck"]
 WORKFLOWS = sorted((REPO / "example_workflows").glob("*.json"))
 
 

@@ -12,7 +12,7 @@ CKPT = "v1-5-pruned-emaonly-fp16.safetensors"
 # (properties.models on the loader: name, url, directory); the same file ComfyUI's default graph names.
 CKPT_MODELS = [{"name": CKPT, "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/" + CKPT,
                 "directory": "checkpoints"}]
-FILE_COMBOS = {("CheckpointLoaderSimple", "ckpt_name"), ("UNETLoader", "unet_name")}
+FILE_COMBOS = {("CheckpointLoaderSimple", "ckpt_name"), ("UNETLoader", "unet_name"), ("CLIPVisionLoader", "clip_name")}
 # The front end's own note nodes: drawn and saved in the workflow, never sent to /prompt, absent from /object_info.
 NOTES = {"Note", "MarkdownNote"}
 
