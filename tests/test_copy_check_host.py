@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -295,3 +296,23 @@ def test_schema_tooltips_aliases_and_papers(comfy):
     assert all(w in info["description"] for w in ("Jain et al.", "Pizzi et al.", "Somepalli et al.", "cropped, flipped"))
     if "search_aliases" in {f.name for f in dataclasses.fields(io.Schema)}:
         assert {"copy", "training image", "nearest", "memorization"} <= set(info["search_aliases"])
+
+
+def test_testbed_workflow_runs_on_a_real_server(comfy_server):
+    """The shipped testbed template through /prompt: the training folder written, both branches checked; the stock
+    branch copies, the Memorization-Safe branch (opposite guidance, dynamic switch) does not, at seed 2."""
+    from pathlib import Path
+
+    from workflows import problems, to_api
+
+    stem = "Testbed - Copy Check beside stock CFG and Memorization-Safe (CPU)"
+    workflow = json.loads((Path(__file__).resolve().parents[1] / "example_workflows" / f"{stem}.json").read_text())
+    info = comfy_server.get("/object_info")
+    assert problems(workflow, info) == []
+    ids = {n.get("title"): str(n["id"]) for n in workflow["nodes"]}
+    outs = comfy_server.run_prompt(to_api(workflow, info))["outputs"]
+    stock, safe = ("".join(outs[ids[t]]["text"]) for t in ("Copy Check (stock)", "Copy Check (Memorization-Safe)"))
+    copies = [int(re.match(r"Copy Check: (\d+) of 4 outputs", r).group(1)) for r in (stock, safe)]
+    assert copies[0] >= 3 and copies[1] <= 1, (stock, safe)
+    assert "exemplar_2_4_thin_upright_narrow" in stock and "threshold 0.9600: fixed threshold" in stock
+    assert all("images" in outs[ids[t]] for t in ("Stock: pairs", "Memorization-Safe: pairs"))
