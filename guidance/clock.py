@@ -50,6 +50,15 @@ class StepClock:
         self.follow_sigma = follow_sigma and all(a >= b for a, b in zip(sigmas, sigmas[1:]))
         self.floor = floor
         self.started = [False] * steps  # follow_sigma only: the host knows which bands have had their first evaluation
+        self.bounds: Optional[torch.Tensor] = None
+
+    def place(self, device: torch.device) -> None:
+        """Put the step bounds on ``device`` ahead of the run (the caller knows it): a non-blocking host -> device
+        copy, so the host never waits for the device here (a blocking one waits for the queued model work)."""
+        # bounds[j] = (top[j], the largest float32 below the floor): "sigma <= bounds[j]" answers both questions
+        below = float(np.nextafter(np.float32(self.floor), np.float32(-np.inf)))  # on the host: no op, no read
+        rows = torch.tensor([[t, below] for t in self.top], dtype=torch.float32).reshape(len(self.top), 2)
+        self.bounds = rows.to(device, non_blocking=True)
 
     def start(self, batch: int, device: torch.device) -> None:
         """The device constants, once the first evaluation shows the batch and the device (two ops; the latch
@@ -58,9 +67,8 @@ class StepClock:
         self.nobody = torch.zeros(batch, dtype=torch.bool, device=device)
         self.entered = self.nobody  # samples already in step ``step`` (after an earlier evaluation since the callback)
         self.fresh: Optional[torch.Tensor] = None  # the last evaluation's entries, not yet folded into ``entered``
-        # bounds[j] = (top[j], the largest float32 below the floor): "sigma <= bounds[j]" answers both questions
-        below = float(np.nextafter(np.float32(self.floor), np.float32(-np.inf)))  # on the host: no op, no read
-        self.bounds = torch.tensor([[t, below] for t in self.top], dtype=torch.float32, device=device)
+        if self.bounds is None or self.bounds.device != self.everyone.device:
+            self.place(device)
 
     def callback(self, i: int) -> None:
         """The sampler's callback for step i (ignored with follow_sigma: those callbacks are off the schedule)."""

@@ -40,9 +40,10 @@ class GuidanceRun:
 
     def __init__(self, settings: GuidanceSettings, sigmas: Sequence[float], timesteps: Sequence[float],
                  percent_to_sigma: Callable[[float], float], on_step: Optional[Callable[["GuidanceRun", int], None]] = None,
-                 follow_sigma: bool = False):
+                 follow_sigma: bool = False, device: Optional[torch.device] = None):
         """``on_step(run, i)`` runs at each schedule callback. ``follow_sigma``: for samplers whose callbacks ignore
-        the schedule (dpm_fast, dpm_adaptive), place each evaluation by its sigma band (a host read per call)."""
+        the schedule (dpm_fast, dpm_adaptive), place each evaluation by its sigma band (a host read per call).
+        ``device``: where the model's predictions will be, if known: the step bounds go there before the run."""
         self.settings = settings
         self.sigmas = [float(s) for s in sigmas]
         self.timesteps = [float(t) for t in timesteps]
@@ -50,6 +51,8 @@ class GuidanceRun:
         self.on_step = on_step
         n = self.plan.steps
         self.clock = StepClock(self.sigmas, n, follow_sigma, self.plan.sigma_force)
+        if device is not None:
+            self.clock.place(device)
         self.follow_sigma = self.clock.follow_sigma
         self.cfgs = [math.nan] * n  # the cfg each step was called with (host)
         self.unmeasured = [False] * n  # a step had an evaluation without uncond pass (stock's cfg-1 shortcut)

@@ -109,6 +109,12 @@ def follows_sigma(sampler) -> bool:
 _SCHEDULES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model_sampling -> (buffer versions, host copy)
 
 
+def _version(b: torch.Tensor):
+    """A buffer's in-place version; an inference tensor (a model loaded while ComfyUI executes a prompt, under
+    ``torch.inference_mode``) tracks none, so its identity stands in: a schedule set anew replaces its buffers."""
+    return ("inference", id(b), b.data_ptr()) if b.is_inference() else b._version
+
+
 def host_sampling(model_sampling):
     """A copy of ComfyUI's ``model_sampling`` with its buffers (the noise schedule) on the host, so that the
     run's ``percent_to_sigma`` and ``timestep`` calls read no device: on a loaded model each of those calls is a
@@ -118,7 +124,7 @@ def host_sampling(model_sampling):
     if not isinstance(model_sampling, torch.nn.Module):
         return model_sampling  # no buffers to copy
     buffers = dict(model_sampling.named_buffers())
-    versions = tuple(b._version for b in buffers.values())
+    versions = tuple(_version(b) for b in buffers.values())
     cached = _SCHEDULES.get(model_sampling)
     if cached is not None and cached[0] == versions:
         return cached[1]
@@ -183,7 +189,8 @@ class MemSafeHandle:
         timesteps = model_sampling.timestep(host_sigmas[:-1]).float().tolist()
         stream = self.live.open() if self.live is not None else None
         run = GuidanceRun(self.settings, host_sigmas.tolist(), timesteps, model_sampling.percent_to_sigma,
-                          on_step=stream.step if stream is not None else None, follow_sigma=follows_sigma(sampler))
+                          on_step=stream.step if stream is not None else None, follow_sigma=follows_sigma(sampler),
+                          device=getattr(guider.model_patcher, "load_device", None))
         call.arguments["callback"] = _wrap_callback(call.arguments.get("callback"), run)
         guider.model_options.setdefault("transformer_options", {})[self.run_key] = run
         try:
