@@ -288,6 +288,14 @@ def test_example_workflow_opens_without_overlapping_nodes(ui, path):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_example_workflow_carries_a_note_saying_what_it_shows(path):
+    """Issue 21: a stock note node (drawn by the front end, never queued) says what the graph shows and what to
+    change first."""
+    notes = [n for n in json.loads(path.read_text())["nodes"] if n["type"] in ("Note", "MarkdownNote")]
+    assert any("what this shows" in n["widgets_values"][0].lower() for n in notes), [n["widgets_values"] for n in notes]
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_widgets_follow_the_transition_and_keep_their_values(ui, path):
     entry = ui["templates"][path.stem]
     saved = {str(n["id"]): n.get("widgets_values") for n in json.loads(path.read_text())["nodes"]}
