@@ -159,9 +159,13 @@ def test_plain_cfg_copies_its_own_exemplar_and_opposite_guidance_does_not(runs, 
 
 def test_clean_prompts_copy_no_exemplar(runs, meas):
     b, out = runs
+    n = int((~b.mem).sum())
     for name, (x, _) in out.items():
-        sim, idx = meas.nearest(x[~b.mem])
-        assert not bool((idx[sim > M.COPY_THRESHOLD] < len(meas.tb.exemplars)).any()), f"{name}: a clean prompt copied an exemplar"
+        # similarity to each exemplar itself, not "is the nearest reference an exemplar": an exemplar's source glyph at
+        # its bins is the same image up to float rounding, so which of the two is nearest depends on the CPU
+        to_ex = torch.stack([meas.exemplar_similarity(x[~b.mem], torch.full((n,), k)) for k in range(len(meas.tb.exemplars))])
+        top = float(to_ex.max())
+        assert top <= M.COPY_THRESHOLD, f"{name}: a clean prompt copied an exemplar (similarity {top:.4f} > {M.COPY_THRESHOLD})"
         assert float((meas.classify(x[~b.mem]) == b.digit[~b.mem]).float().mean()) >= 0.75, name
 
 
