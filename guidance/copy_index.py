@@ -132,6 +132,14 @@ def nearest_two(queries: torch.Tensor, chunks, exclude: torch.Tensor | None = No
     return best, idx
 
 
+def search(queries: torch.Tensor, refs: References, chunk: int, exclude: torch.Tensor | None = None, block: int = 256):
+    """``nearest_two`` over the references, ``block`` queries at a time (the references are read once per block), so
+    the working memory is about block x chunk x 70 bytes whatever the numbers of queries and references."""
+    parts = [nearest_two(queries[a:a + block], refs.chunks(chunk), None if exclude is None else exclude[a:a + block])
+             for a in range(0, len(queries), block)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
 def threshold_at(values: torch.Tensor, rate: float) -> float:
     """The smallest observed value that fewer than ``rate`` of ``values`` exceed (testbed.measure.copy_threshold)."""
     s = values.double().sort(descending=True).values
@@ -156,7 +164,7 @@ def leave_one_out(refs: References, rate: float, chunk: int, cancel=None) -> Cal
     pick = sorted({round(i * (n - 1) / max(min(n, MAX_CALIBRATION) - 1, 1)) for i in range(min(n, MAX_CALIBRATION))})
     if cancel:
         cancel()
-    sim, _ = nearest_two(refs.rows(pick, chunk), refs.chunks(chunk), exclude=torch.tensor(pick))
+    sim, _ = search(refs.rows(pick, chunk), refs, chunk, exclude=torch.tensor(pick))
     nn = sim[:, 0]
     kept = nn[nn < NEAR_DUPLICATE]
     if len(kept) < 2:
@@ -174,7 +182,7 @@ def held_out(held: torch.Tensor, refs: References, rate: float, chunk: int, wher
     if len(held) < 2:
         raise ValueError(f"heldout_folder: {len(held)} readable image(s) in '{where}'; calibration needs at least 2 "
                          "(100 or more for a 1 % rate).")
-    sim, _ = nearest_two(refs.compared(held, chunk), refs.chunks(chunk))
+    sim, _ = search(refs.compared(held, chunk), refs, chunk)
     thr = threshold_at(sim[:, 0], rate)
     return Calibration(thr, f"held-out folder '{where}': fewer than {rate:.1%} of its {len(held)} images (never trained "
                             "on) are more similar than this to their nearest reference")

@@ -42,7 +42,8 @@ def report(sim: torch.Tensor, idx: torch.Tensor, names: list[str], threshold: fl
     return "\n".join(lines)
 
 
-def _font(px: int):
+def font(px: int):
+    """DejaVu Sans at px, else Pillow's default font (scalable where Pillow has it)."""
     try:
         return ImageFont.truetype("DejaVuSans.ttf", px)
     except OSError:
@@ -70,7 +71,7 @@ def _short(name: str, width: int = 34) -> str:
 
 def pairs(outputs: torch.Tensor, nearest: list[torch.Tensor], sim: torch.Tensor, names: list[str], threshold: float):
     """IMAGE [B, CELL + 2 BORDER + CAPTION, 2 CELL + GAP + 2 BORDER, 3]: output left, nearest reference right."""
-    font = _font(15)
+    face = font(15)
     out = []
     for q in range(len(outputs)):
         copy = bool(sim[q] > threshold)
@@ -82,7 +83,7 @@ def pairs(outputs: torch.Tensor, nearest: list[torch.Tensor], sim: torch.Tensor,
         d = ImageDraw.Draw(pic)
         verdict = f"> {threshold:.4f}  COPY" if copy else f"<= {threshold:.4f}  no copy"
         d.text((BORDER + 4, BORDER + CELL + 4), f"output {q}   similarity {float(sim[q]):.4f} {verdict}",
-               font=font, fill=COPY_RED if copy else (40, 40, 40))
-        d.text((BORDER + 4, BORDER + CELL + 23), f"nearest: {_short(names[q], 56)}", font=font, fill=(70, 70, 70))
+               font=face, fill=COPY_RED if copy else (40, 40, 40))
+        d.text((BORDER + 4, BORDER + CELL + 23), f"nearest: {_short(names[q], 56)}", font=face, fill=(70, 70, 70))
         out.append(torch.from_numpy(np.asarray(pic, dtype=np.float32) / 255.0))
     return torch.stack(out)

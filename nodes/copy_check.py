@@ -187,7 +187,7 @@ class MemSafeCopyCheck(io.ComfyNode):
             cal = X.held_out(rows, refs, float(calibration_rate), chunk_size, heldout_folder)
             refs.skipped += [(f"{heldout_folder}/{rel}", why) for rel, why in held.skipped]
         cancel()
-        sim, idx = X.nearest_two(queries, refs.chunks(chunk_size))
+        sim, idx = X.search(queries, refs, chunk_size)
         n_folder = len(refs.keys)
         nearest = []
         for q in range(len(images)):

@@ -13,13 +13,11 @@ import os
 import sys
 from pathlib import Path
 
+from build_example_workflows import TESTBED, TESTBED_GUIDANCE as GUIDANCE
 from workflows import CKPT, EXAMPLES as OUT, columns, write_examples
 
 REPO = OUT.parent
 HELP_IMAGES = REPO / "js" / "docs"
-TESTBED = {"prompt": "4 thin upright narrow", "seed": 2, "batch": 4, "steps": 50, "cfg": 5.0}  # the side-by-side's
-GUIDANCE = {"guidance_before": -2.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
-            "latest_percent": 0.5, "detect_threshold": 0.0}
 TRAINING = "memsafe_testbed/training"
 CHECK = {"reference_folder": TRAINING, "calibration": "fixed threshold", "threshold": 0.96, "calibration_rate": 0.01,
          "heldout_folder": "", "chunk_size": 4096}
@@ -175,18 +173,11 @@ def run_testbed_branches():
 
 
 def write_thumbnails(size: int = 512) -> None:
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
+
+    from guidance.copy_report import font
 
     (stock, safe) = run_testbed_branches()
-
-    def font(px):
-        try:
-            return ImageFont.truetype("DejaVuSans.ttf", px)
-        except OSError:
-            try:
-                return ImageFont.load_default(size=px)
-            except TypeError:
-                return ImageFont.load_default()
 
     def pil(t):
         return Image.fromarray((t.numpy() * 255).round().astype("uint8"))

@@ -233,3 +233,15 @@ def test_report_and_pairs():
     assert out.shape == (2, R.CELL + 2 * R.BORDER + R.CAPTION, 2 * R.CELL + R.GAP + 2 * R.BORDER, 3)
     red = torch.tensor(R.COPY_RED) / 255.0
     assert torch.allclose(out[0, 0, 0], red) and not torch.allclose(out[1, 0, 0], red)
+
+
+def test_search_in_query_blocks_equals_one_pass():
+    g = torch.Generator().manual_seed(5)
+    r = D.normalize(torch.randn(30, 8, generator=g))
+    refs = X.References(names=[str(i) for i in range(30)], batch=r)
+    q = D.normalize(torch.randn(9, 8, generator=g))
+    ex = torch.arange(9)
+    one = X.nearest_two(q, refs.chunks(7), exclude=ex)
+    for block in (1, 2, 4, 100):
+        blocked = X.search(q, refs, 7, exclude=ex, block=block)
+        assert torch.equal(blocked[0], one[0]) and torch.equal(blocked[1], one[1])
