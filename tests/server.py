@@ -54,6 +54,7 @@ class ComfyServer:
         tiny_flow_checkpoint(models / FLOW_MODEL)
         (self.tmp / "output").mkdir()
         (self.tmp / "user").mkdir()
+        (self.tmp / "input").mkdir()  # templates write here (Testbed Training Images): never the host checkout's input/
         cfg = self.tmp / "extra_model_paths.yaml"
         cfg.write_text(f"memsafe_test:\n  base_path: {self.tmp}\n  custom_nodes: custom_nodes\n"
                        f"  diffusion_models: models/diffusion_models\n  checkpoints: models/checkpoints\n")
@@ -61,7 +62,7 @@ class ComfyServer:
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port), "--disable-auto-launch",
                "--extra-model-paths-config", str(cfg), "--database-url", "sqlite:///:memory:",
                "--output-directory", str(self.tmp / "output"), "--temp-directory", str(self.tmp),
-               "--user-directory", str(self.tmp / "user")]
+               "--user-directory", str(self.tmp / "user"), "--input-directory", str(self.tmp / "input")]
         if self.front_end_root:
             cmd += ["--front-end-root", str(self.front_end_root)]
         self.log = open(self.log_path, "w")
