@@ -66,9 +66,10 @@ def not_the_exemplar(tb, meas, k: int) -> dict:
     sb, wb = SLANTS.index(slant), WIDTHS.index(width)
     refs = meas.refs[len(tb.exemplars):].reshape(len(D.BINS), len(tb.raw), 1, 16, 16)  # every glyph at every bin
     b = D.BINS.index((sb, wb))
-    aug = D.random_render(tb.raw[j].expand(16, 8, 8), torch.full((16,), sb), torch.full((16,), wb), torch.Generator().manual_seed(k))
-    off = D.render(tb.raw[j:j + 1], torch.tensor([D.bin_centre(D.SLANT_BINS, sb)]), torch.tensor([D.bin_centre(D.WIDTH_BINS, wb)]),
-                   shift=torch.tensor([[0.01, 0.0]]))
+    g = torch.Generator().manual_seed(k)
+    aug = D.random_render(tb.raw[j].expand(16, 8, 8), torch.full((16,), sb), torch.full((16,), wb), g)
+    centre = torch.tensor([D.bin_centre(D.SLANT_BINS, sb)]), torch.tensor([D.bin_centre(D.WIDTH_BINS, wb)])
+    off = D.render(tb.raw[j:j + 1], *centre, shift=torch.tensor([[0.01, 0.0]]))
     closest = lambda x: x[(x - tb.exemplars[k]).abs().flatten(1).amax(1).argmin()][None]  # noqa: E731
     return {"another glyph": closest(torch.cat([refs[b, :j], refs[b, j + 1:]])),
             "another bin": closest(torch.cat([refs[:b, j], refs[b + 1:, j]])),
