@@ -11,6 +11,7 @@ from .data import TestbedData, centered
 # plain-CFG samples exceed it; see testbed/README.md); the Nearest Training Image node's default.
 COPY_THRESHOLD = 0.965
 KNN = 5
+TIE = 1e-6  # similarities this close are one image up to float rounding (float32 products of unit vectors)
 
 
 class Measure:
@@ -27,8 +28,14 @@ class Measure:
         self._held = centered(held, self.mean)
 
     def nearest(self, x: torch.Tensor):
-        """(similarity, index into refs) of each sample's nearest copy reference; index < #exemplars is an exemplar."""
-        return (centered(x, self.mean) @ self._refs.T).max(dim=1)
+        """(similarity, index into refs) of each sample's nearest copy reference; index < #exemplars is an exemplar.
+        An exemplar and its source glyph rendered at its bins are one image up to float rounding, so the exemplar
+        wins within TIE of the best: which of the two is nearest must not depend on the CPU's rounding."""
+        s = centered(x, self.mean) @ self._refs.T
+        sim, idx = s.max(dim=1)
+        ex_sim, ex_idx = s[:, :len(self._ex)].max(dim=1)
+        tie = ex_sim >= sim - TIE
+        return torch.where(tie, ex_sim, sim), torch.where(tie, ex_idx, idx)
 
     def exemplar_similarity(self, x: torch.Tensor, exemplar: torch.Tensor) -> torch.Tensor:
         """[B]: similarity of each sample to its own exemplar (``exemplar[b]`` indexes the memorized prompts)."""

@@ -2,6 +2,8 @@
 the pack's guidance core still stops the model copying its memorized exemplars (a core regression fails here)."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -174,6 +176,28 @@ def test_first_step_norm_is_the_same_signal_under_every_schedule(runs):
     _, out = runs
     assert torch.equal(out["cfg"][1].norms[0], out["defaults"][1].norms[0])  # detection sees it before guidance acts
     assert not torch.equal(out["cfg"][1].norms[-1], out["defaults"][1].norms[-1])
+
+
+def test_nearest_names_the_exemplar_over_its_glyph_twin_within_rounding(tb, meas):
+    """The copy references hold each exemplar twice (itself, and its source glyph rendered at its bins): which one a
+    CPU's rounding puts first must not decide whether a copy is of an exemplar. A clearly nearer reference still wins."""
+    n_ex = len(tb.exemplars)
+    refs = meas._refs.clone()
+    twins = (refs[:n_ex] @ refs[n_ex:].T).argmax(dim=1) + n_ex  # each exemplar's twin among the glyph renders
+    x = tb.exemplars
+    target = M.centered(x, meas.mean)
+    nudged = copy.copy(meas)
+    nudged._refs = refs.clone()
+    nudged._refs[twins] = target  # the twin now matches each sample exactly ...
+    nudged._refs[:n_ex] = M.centered(x + 2e-4 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)), meas.mean)
+    s_ex = (target * nudged._refs[:n_ex]).sum(1)  # ... and the exemplar within rounding of it
+    assert bool(((1 - s_ex) < M.TIE).all()) and bool((s_ex < 1).all()), (1 - s_ex).tolist()
+    sim, idx = nudged.nearest(x)
+    assert idx.tolist() == list(range(n_ex)), idx.tolist()
+    far = copy.copy(nudged)
+    far._refs = nudged._refs.clone()
+    far._refs[:n_ex] = M.centered(x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0)), meas.mean)
+    assert far.nearest(x)[1].tolist() == twins.tolist()  # past the tie margin the nearer reference is named
 
 
 def test_measure_helpers():
