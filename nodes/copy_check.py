@@ -54,7 +54,9 @@ def check(images=None, reference_folder="", references=None, calibration=X.CALIB
     """Every input error, each naming the input and the fix; folders are resolved and listed (nothing is read).
     ``resolve=False`` (queue time): the folder text only, since an upstream node may still write the folder."""
     errs = []
-    if images is not None and (images.ndim != 4 or images.shape[0] == 0):
+    if images is False:
+        errs.append("images: nothing arrived (an upstream node passed no IMAGE); connect decoded images.")
+    elif images is not None and (images.ndim != 4 or images.shape[0] == 0):
         errs.append("images: the batch is empty; connect the sampler's decoded images.")
     if references is not None and (references.ndim != 4 or references.shape[0] == 0):
         errs.append("references: the batch is empty; connect the training images, or disconnect it and use reference_folder.")
@@ -152,7 +154,8 @@ class MemSafeCopyCheck(io.ComfyNode):
     @classmethod
     def execute(cls, images, reference_folder, calibration, threshold, calibration_rate, heldout_folder, chunk_size,
                 references=None, clip_vision=None) -> io.NodeOutput:
-        errs = check(images, reference_folder, references, calibration, heldout_folder, calibration_rate)
+        errs = check(False if images is None else images, reference_folder, references, calibration, heldout_folder,
+                     calibration_rate)
         if errs:
             raise ValueError(" ".join(errs))
         embedder = clip_embedder(clip_vision) if clip_vision is not None else PixelEmbedder()

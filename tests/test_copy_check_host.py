@@ -219,6 +219,7 @@ def test_empty_folder_is_refused(dirs):
 def test_empty_batches_are_refused(dirs):
     training_folder(dirs)
     refused(torch.zeros(0, 8, 8, 3), "images: the batch is empty")
+    refused(None, "images: nothing arrived")
     refused(pictures(1), "references: the batch is empty", references=torch.zeros(0, 8, 8, 3))
     refused(pictures(1), "reference_folder: empty and no references", folder="")
 
