@@ -233,6 +233,21 @@ def test_the_schedule_is_copied_to_the_host_once_per_model(schedule_copied):
     assert again.reads == []
 
 
+def test_a_schedule_made_under_inference_mode_is_copied_once_and_again_when_replaced(comfy):
+    """ComfyUI executes prompts under ``torch.inference_mode``: a model a node loads there has inference-tensor
+    buffers, which track no version (reading ``_version`` raised, so every run inside a server failed)."""
+    adapter = pack()[0]
+    with torch.inference_mode():
+        sampling = host.tiny_eps_model(seed=4).get_model_object("model_sampling")
+        assert all(b.is_inference() for b in sampling.buffers())
+        first = adapter.host_sampling(sampling)
+        assert adapter.host_sampling(sampling) is first
+        sampling.set_sigmas(sampling.sigmas * 2)  # a schedule set anew: new buffers
+        again = adapter.host_sampling(sampling)
+    assert again is not first and torch.equal(again.sigmas, sampling.sigmas)
+    assert again.percent_to_sigma(0.5) == pytest.approx(2 * first.percent_to_sigma(0.5), rel=1e-6)
+
+
 @pytest.mark.parametrize("batch", [1, 4])
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
 @pytest.mark.parametrize("path", ["ksampler", "guider", "patch"])
