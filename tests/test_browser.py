@@ -232,9 +232,9 @@ def acceptable_notice(text: str, workflow: dict) -> bool:
     """Front ends check model files on load (a "Missing Models" dialog offering the download from the loader's
     properties.models, or an overlay): a notice about a model file the workflow names, nothing else."""
     files = {v for n in workflow["nodes"] for v in (n.get("widgets_values") or []) if isinstance(v, str) and MODEL_FILE.search(v)}
-    # 1.58 names one missing file, and sums up several as "N issues found" (the nodes it flags are checked separately:
-    # only loaders of model files)
-    several = re.search(r"\b(\d+) issues found", text)
+    # one missing file is named; several are summed up as "N errors found" (1.49) or "N issues found" (1.58); the nodes
+    # the front end flags are checked separately (only loaders of model files)
+    several = re.search(r"\b(\d+) (?:errors|issues) found", text)
     if several and 2 <= int(several.group(1)) <= len(files) and "MemSafe" not in text:
         return True
     return "missing" in text.lower() and any(f in text for f in files) and "MemSafe" not in text
