@@ -300,7 +300,7 @@ class MemSafeTestbedTrainingImages(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
         return io.Schema(
-            node_id="MemSafeTestbedTrainingImages", display_name="Memorization Testbed Training Images", category=CATEGORY,
+            node_id="MemSafeTestbedTrainingImages", display_name="Testbed Training Images (to input folder)", category=CATEGORY,
             description=f"Writes the testbed's training images as PNGs into a folder of ComfyUI's input directory, for "
                         f"Copy Check's reference_folder: the 4 exemplars and every training glyph at each slant/width bin "
                         f"centre (the references testbed.measure compares against), or the held-out glyphs. Files that "

@@ -48,7 +48,9 @@ def testbed_workflow():
                   "memorized: the stock KSampler's samples sit next to a training image (red frame = copy); the "
                   "Memorization-Safe ones, same seed, do not.\n\nThreshold: 0.96, the model-free descriptor's held-out "
                   "calibration on this testbed (1 % of 232 clean samples above it). On your own model use 'held-out "
-                  "folder' or 'references leave-one-out' (docs/copy-check.md)."),
+                  "folder' or 'references leave-one-out' (docs/copy-check.md).\n\nChange first: the seed (the same "
+                  "on both samplers), or the prompt (memorized: 5 bold left wide, 3 thin left wide, 4 thin upright "
+                  "narrow, 0 thin upright narrow; any other prompt is clean)."),
          {"id": 1, "type": "MemSafeTestbedLoader", "size": [360, 100]},
          {"id": 2, "type": "MemSafeTestbedPrompt", "widgets": {"text": t["prompt"]}, "title": "Prompt (memorized)",
           "size": [360, 110]},
@@ -88,7 +90,8 @@ def sd15_workflow():
                   "disconnect it for the model-free descriptor (near-pixel copies only). The threshold comes from the "
                   "training images' own leave-one-out similarities; better: a 'held-out folder' of images never "
                   "trained on. The report says which, and the files it skipped. Embeddings are cached: the second "
-                  "check embeds nothing again."),
+                  "check embeds nothing again.\n\nChange first: reference_folder (your training images), then "
+                  "the checkpoint and the prompt (your fine-tune's)."),
          {"id": 1, "type": "CheckpointLoaderSimple", "widgets": {"ckpt_name": CKPT}, "size": [360, 130]},
          {"id": 2, "type": "CLIPTextEncode", "widgets": {"text": "a photo of sks dog on the beach"}, "inputs": {"clip": (1, 1)},
           "title": "Prompt (your fine-tune's)", "size": [360, 200]},

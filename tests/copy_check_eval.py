@@ -4,7 +4,7 @@ ComfyUI's input and user directories in a temporary folder.
     COMFYUI_PATH=/path/to/ComfyUI python tests/copy_check_eval.py [--json out.json]      # about 2 min on one core
 
 It lives in tests/ (with host.py) because testbed/ never imports the pack's nodes. Steps:
-1. Memorization Testbed Training Images writes the training set (4 exemplars + 1397 training glyphs x 6 bin
+1. Testbed Training Images (to input folder) writes the training set (4 exemplars + 1397 training glyphs x 6 bin
    centres = 8,386 PNGs, the references testbed.measure compares against) into input/.
 2. Samples, 50 steps euler + ddim_uniform, cfg 5, decoded by Testbed Decode (scale 8, 128 px), each prompt's conditioning
    in one batch: the stock KSampler and the CFG KSampler (Memorization-Safe, pack defaults) on the 4 memorized prompts
