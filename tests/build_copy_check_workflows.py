@@ -9,12 +9,11 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
-from build_example_workflows import TESTBED, TESTBED_GUIDANCE as GUIDANCE
-from workflows import CKPT, EXAMPLES as OUT, columns, write_examples
+from build_example_workflows import TESTBED, TESTBED_GUIDANCE as GUIDANCE, testbed_sampling
+from workflows import CKPT, EXAMPLES as OUT, cli, columns, write_examples
 
 REPO = OUT.parent
 HELP_IMAGES = REPO / "js" / "docs"
@@ -38,9 +37,7 @@ def note(id, text, size=(380, 460)):
 
 def testbed_workflow():
     t = TESTBED
-    sampler = {"seed": t["seed"], "steps": t["steps"], "cfg": t["cfg"], "sampler_name": "euler", "scheduler": "ddim_uniform",
-               "denoise": 1.0}
-    wired = {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}
+    inputs, samplers = testbed_sampling(denoised=False)
     return columns(
         [note(30, f"What this shows: Copy Check on the pack's tiny digit model (any CPU). The training images node writes "
                   f"the testbed's 8,386 training images into input/{TRAINING} (once; unchanged files are left alone) and "
@@ -51,16 +48,8 @@ def testbed_workflow():
                   "folder' or 'references leave-one-out' (docs/copy-check.md).\n\nChange first: the seed (the same "
                   "on both samplers), or the prompt (memorized: 5 bold left wide, 3 thin left wide, 4 thin upright "
                   "narrow, 0 thin upright narrow; any other prompt is clean)."),
-         {"id": 1, "type": "MemSafeTestbedLoader", "size": [360, 100]},
-         {"id": 2, "type": "MemSafeTestbedPrompt", "widgets": {"text": t["prompt"]}, "title": "Prompt (memorized)",
-          "size": [360, 110]},
-         {"id": 3, "type": "MemSafeTestbedPrompt", "widgets": {"text": ""}, "title": "Negative (empty)", "size": [360, 110]},
-         {"id": 4, "type": "EmptyLatentImage", "widgets": {"width": 128, "height": 128, "batch_size": t["batch"]},
-          "title": "Empty Latent (16x16 latent)", "size": [360, 170]}],
-        [{"id": 5, "type": "KSampler", "widgets": sampler, "inputs": wired, "title": "KSampler (stock CFG)", "size": [380, 360]},
-         {"id": 6, "type": "MemSafeKSampler", "widgets": {**sampler, **GUIDANCE, "curve_layout": "panels",
-                                                          "curve_denoised": False},
-          "inputs": wired, "title": "CFG KSampler (Memorization-Safe)", "size": [400, 780]}],
+         *inputs],
+        samplers,
         [{"id": 7, "type": "MemSafeTestbedDecode", "widgets": {"scale": 8}, "inputs": {"samples": (5, 0)},
           "title": "Decode (stock)", "size": [320, 110]},
          {"id": 9, "type": "MemSafeTestbedTrainingImages", "widgets": {"folder": TRAINING}, "inputs": {"images": (7, 0)},
@@ -213,12 +202,4 @@ def write_thumbnails(size: int = 512) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--thumbnails"]:
-        write_thumbnails()
-    elif sys.argv[1:] == ["--serve"]:
-        from server import ComfyServer
-
-        with ComfyServer(os.environ["COMFYUI_PATH"]) as srv:
-            write_workflows(srv.get("/object_info"))
-    else:
-        write_workflows(json.loads(Path(sys.argv[1]).read_text()))
+    cli(write_workflows, write_thumbnails)

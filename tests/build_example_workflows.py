@@ -12,12 +12,10 @@ locales/*/main.json names it (tests/build_locales.py).
 """
 from __future__ import annotations
 
-import json
 import sys
 import textwrap
-from pathlib import Path
 
-from workflows import CKPT, EXAMPLES as OUT, columns, write_examples
+from workflows import CKPT, EXAMPLES as OUT, cli, columns, write_examples
 
 HELP_IMAGES = OUT.parent / "js" / "docs"
 sys.path.insert(0, str(OUT.parent))  # plain torch, no ComfyUI: the repo's testbed/ and guidance/ by name
@@ -126,11 +124,28 @@ def patch_workflow():
     )
 
 
-def testbed_workflow():
+def testbed_sampling(denoised: bool) -> tuple[list, list]:
+    """The testbed graphs' first two columns: model, prompts and latent (ids 1-4); the stock KSampler (5) beside the
+    Memorization-Safe one (6) on the same seed and settings."""
     t = TESTBED
     sampler = {"seed": t["seed"], "steps": t["steps"], "cfg": t["cfg"], "sampler_name": "euler", "scheduler": "ddim_uniform",
                "denoise": 1.0}
     wired = {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}
+    return ([{"id": 1, "type": "MemSafeTestbedLoader", "size": [360, 100]},
+             {"id": 2, "type": "MemSafeTestbedPrompt", "widgets": {"text": t["prompt"]}, "title": "Prompt (memorized)",
+              "size": [360, 110]},
+             {"id": 3, "type": "MemSafeTestbedPrompt", "widgets": {"text": ""}, "title": "Negative (empty)", "size": [360, 110]},
+             {"id": 4, "type": "EmptyLatentImage", "widgets": {"width": 128, "height": 128, "batch_size": t["batch"]},
+              "title": "Empty Latent (16x16 latent)", "size": [360, 170]}],
+            [{"id": 5, "type": "KSampler", "widgets": sampler, "inputs": wired, "title": "KSampler (stock CFG)", "size": [380, 360]},
+             {"id": 6, "type": "MemSafeKSampler", "widgets": {**sampler, **TESTBED_GUIDANCE, "curve_layout": "panels",
+                                                              "curve_denoised": denoised},
+              "inputs": wired, "title": "CFG KSampler (Memorization-Safe)", "size": [400, 780]}])
+
+
+def testbed_workflow():
+    t = TESTBED
+    inputs, samplers = testbed_sampling(denoised=True)
     return columns(
         [note(30, f"What this shows: the pack's tiny digit model (any CPU) with '{t['prompt']}', a prompt it memorized "
                   "(one training image is ~96 % of that prompt's records). The stock KSampler copies that image in "
@@ -140,16 +155,8 @@ def testbed_workflow():
                   "Change first: the seed, or the prompt (memorized: 5 bold left wide, 3 thin left wide, 4 thin "
                   "upright narrow, 0 thin upright narrow; any digit, thin/bold, left/upright/right, narrow/wide). "
                   "guidance_before 0, the pack's default, removes fewer copies on this model. " + GUIDE, size=(380, 500)),
-         {"id": 1, "type": "MemSafeTestbedLoader", "size": [360, 100]},
-         {"id": 2, "type": "MemSafeTestbedPrompt", "widgets": {"text": t["prompt"]}, "title": "Prompt (memorized)",
-          "size": [360, 110]},
-         {"id": 3, "type": "MemSafeTestbedPrompt", "widgets": {"text": ""}, "title": "Negative (empty)", "size": [360, 110]},
-         {"id": 4, "type": "EmptyLatentImage", "widgets": {"width": 128, "height": 128, "batch_size": t["batch"]},
-          "title": "Empty Latent (16x16 latent)", "size": [360, 170]}],
-        [{"id": 5, "type": "KSampler", "widgets": sampler, "inputs": wired, "title": "KSampler (stock CFG)", "size": [380, 360]},
-         {"id": 6, "type": "MemSafeKSampler", "widgets": {**sampler, **TESTBED_GUIDANCE, "curve_layout": "panels",
-                                                          "curve_denoised": True},
-          "inputs": wired, "title": "CFG KSampler (Memorization-Safe)", "size": [400, 780]}],
+         *inputs],
+        samplers,
         [{"id": 7, "type": "MemSafeTestbedDecode", "widgets": {"scale": 8}, "inputs": {"samples": (5, 0)},
           "title": "Decode (stock)", "size": [320, 110]},
          {"id": 11, "type": "MemSafeTestbedNearest", "widgets": {"threshold": COPY_THRESHOLD, "scale": 4},
@@ -213,19 +220,14 @@ def testbed_run():
 def write_thumbnails(size: int = 512) -> None:
     """One 512 x 512 jpg per workflow, from a real testbed run: the testbed's shows both branches' samples and a
     MemSafe curve; the SD1.5 ones show the title over a real testbed curve (no SD1.5 checkpoint here) and say so."""
-    from PIL import Image, ImageDraw, ImageFont
+    from PIL import Image, ImageDraw
 
+    from guidance.copy_report import font
     from testbed import guidance
 
     stock, safe, trace, (stock_copy, safe_copy) = testbed_run()
     curve = Image.fromarray((guidance.render_curves(trace, "panels", denoised=True)[0].numpy() * 255).astype("uint8"))
     save_help_picture(curve, "testbed-curve.png")  # the help pages' picture (js/docs/ is served)
-
-    def font(px):
-        try:
-            return ImageFont.truetype("DejaVuSans.ttf", px)
-        except OSError:
-            return ImageFont.load_default(size=px)
 
     def digits(x, flags, cell):
         row = Image.new("RGB", (cell * len(x) + 6 * (len(x) - 1), cell), (255, 255, 255))
@@ -267,7 +269,4 @@ def write_thumbnails(size: int = 512) -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--thumbnails"]:
-        write_thumbnails()
-    else:
-        write_workflows(json.loads(Path(sys.argv[1]).read_text()))
+    cli(write_workflows, write_thumbnails)

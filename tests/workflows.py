@@ -186,3 +186,21 @@ def write_examples(graphs: dict, object_info: dict) -> None:
                 node["properties"]["models"] = CKPT_MODELS
         (EXAMPLES / f"{name}.json").write_text(json.dumps(workflow, indent=1) + "\n")
         print(f"wrote example_workflows/{name}.json")
+
+
+def cli(write_workflows, write_thumbnails) -> None:
+    """The builders' command line: ``OBJECT_INFO.json`` | ``--serve`` (/object_info from a server at COMFYUI_PATH) |
+    ``--thumbnails``."""
+    import os
+    import sys
+
+    args = sys.argv[1:]
+    if args == ["--thumbnails"]:
+        write_thumbnails()
+    elif args == ["--serve"]:
+        from server import ComfyServer
+
+        with ComfyServer(os.environ["COMFYUI_PATH"]) as srv:
+            write_workflows(srv.get("/object_info"))
+    else:
+        write_workflows(json.loads(Path(args[0]).read_text()))
