@@ -20,7 +20,7 @@ from ..guidance import copy_cache as C
 from ..guidance import copy_index as X
 from ..guidance import copy_report as R
 from ..guidance.copy_descriptor import PIXEL_BLIND, ModelEmbedder, PixelEmbedder, weights_fingerprint
-from .common import CATEGORY, PAPER, schema_extras
+from .common import CATEGORY, GUIDE, PAPER, schema_extras
 
 log = logging.getLogger(__name__)
 DEFAULT_THRESHOLD = 0.960  # the pixel descriptor's held-out calibration on the testbed (tests/copy_check_eval.py: 0.9604)
@@ -98,7 +98,7 @@ class MemSafeCopyCheck(io.ComfyNode):
             description=("Finds each output's nearest and second-nearest training image and flags copies at a calibrated "
                          "threshold: audit a LoRA or fine-tune for regurgitated training images. Without clip_vision it "
                          "uses a model-free descriptor (32 x 32 grayscale correlation): " + PIXEL_BLIND + ". Reference "
-                         "embeddings are cached per file in ComfyUI's user directory. " + COPY_PAPERS + PAPER),
+                         "embeddings are cached per file in ComfyUI's user directory. " + COPY_PAPERS + PAPER + " " + GUIDE),
             inputs=[
                 io.Image.Input("images", tooltip="The outputs to check (e.g. VAE Decode's IMAGE)."),
                 io.String.Input("reference_folder", default="",

@@ -121,7 +121,8 @@ def test_a_broken_link_is_caught(tmp_path, monkeypatch):
 
 
 GUIDE = f"{REPOSITORY}/blob/main/README.md#which-node-and-which-settings-when"
-GUIDED_PAGES = ["MemSafeKSampler", "MemSafeCFGGuider", "MemSafeCFGPatch", "MemSafeGuidanceCurve", "MemSafeMemorizationScan"]
+GUIDED_PAGES = ["MemSafeKSampler", "MemSafeCFGGuider", "MemSafeCFGPatch", "MemSafeGuidanceCurve", "MemSafeMemorizationScan",
+                "MemSafeCopyCheck"]
 
 
 @pytest.mark.parametrize("node", GUIDED_PAGES)
