@@ -142,7 +142,8 @@ class GuidanceRun:
         steps_started = torch.tensor([j for j, _ in self.started], dtype=torch.int64)
         rows = [*(self.norm_row(i) for i in range(n)), *(self.on_row(i).float() for i in range(n)), self.latch.flagged.float(),
                 *(s.float() for _, s in self.started)]
-        host = torch.stack(rows) if rows else torch.zeros(0, B)
+        host = (torch.stack(rows) if rows else torch.zeros(0, B)).detach()  # the trace holds values, not a graph
+        carry = None if carry is None else carry.detach()
         if carry is not None and carry.device == host.device:
             host = torch.cat((host.reshape(-1), carry.reshape(-1).float())).cpu()  # the run's one device -> host transfer
             host, self.carried = host[:len(rows) * B].reshape(len(rows), B), host[len(rows) * B:]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from memsafe_cfg.guidance import NEVER, GuidanceRun, GuidanceSettings, NonFiniteGuidance, rewrite_conds
-from runs import BEFORE, CFG, SHAPE, algorithm1, cfg_out, drive, dyadic, dynamic, linear_pts, run_steps, schedule
+from runs import BEFORE, CFG, SHAPE, algorithm1, cfg_out, drive, dyadic, dynamic, linear_pts, new_run, run_steps, schedule
 
 torch.set_num_threads(1)
 CURVES = [[5, 4, 3, 4, 5, 6], [1, 2, 3, 2, 1, 2], [4, 3, 3, 2, 4, 6], [6, 5, 4, 3, 2, 1]]
@@ -227,3 +227,16 @@ def test_settings_accept_edges_and_round_trip():
         GuidanceSettings(earliest_percent=0.6, latest_percent=0.4)
     assert drive([[1.0, 2.0]], dynamic()).switch_step.tolist() == [1]  # 2 steps: latest is the last step
     assert NEVER == -1
+
+
+def test_finish_returns_values_not_a_graph_when_the_model_tracks_gradients():
+    """Predictions that require grad (sampling outside no_grad) leave neither the trace nor the carried values
+    attached to a graph (reading them as floats warned)."""
+    run = new_run(GuidanceSettings(), 4)
+    for i in range(4):
+        cond = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(i)).requires_grad_()
+        run.combine(cond, cond.detach() * 0.5, torch.full((2,), run.sigmas[i]), CFG)
+        run.end_step(i)
+    trace = run.finish(carry=torch.ones(3, requires_grad=True))
+    assert not trace.norms.requires_grad and not run.carried.requires_grad
+    assert torch.isfinite(trace.norms).all()
