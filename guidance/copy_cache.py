@@ -59,6 +59,18 @@ def resolve_inside(base: str | Path, typed: str, input_name: str) -> Path:
     return real
 
 
+def make_inside(base: str | Path, typed: str, input_name: str) -> Path:
+    """``resolve_inside`` for a folder that may not exist yet: created only when the path, links resolved, stays
+    inside ``base`` (a link on the way that leads out is refused before anything is made)."""
+    root = Path(base).resolve()
+    target = (root / relative_text(base, typed, input_name)).resolve()
+    if target != root and root not in target.parents:
+        raise ValueError(f"{input_name}: '{str(typed).strip()}' leads out of the input directory (to {target}) through a "
+                         f"link; type a folder inside {root}.")
+    target.mkdir(parents=True, exist_ok=True)
+    return resolve_inside(base, typed, input_name)
+
+
 def list_images(folder: Path, base: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str]]]:
     """(images as (relative path, path) sorted by path, skipped as (relative path, reason)) under ``folder``, subfolders
     included. Links are followed only while they stay inside ``base``; other files are skipped with their reason."""

@@ -324,23 +324,22 @@ class MemSafeTestbedTrainingImages(io.ComfyNode):
 
     @classmethod
     def execute(cls, folder, image_set, scale, images=None) -> io.NodeOutput:
+        import comfy.utils
         import folder_paths
-        from pathlib import Path
 
-        from ..guidance.copy_cache import relative_text, resolve_inside
+        from ..guidance.copy_cache import make_inside
 
-        base = folder_paths.get_input_directory()
-        text = relative_text(base, folder, "folder")
         if image_set not in IMAGE_SETS:
             raise ValueError(f"image_set: '{image_set}' is not one of {', '.join(IMAGE_SETS)}.")
-        (Path(base) / text).mkdir(parents=True, exist_ok=True)
-        root = resolve_inside(base, text, "folder")
+        root = make_inside(folder_paths.get_input_directory(), folder, "folder")
+        text = str(folder).strip()
         names, x = training_images(image_set)
-        written = 0
+        pbar, written = comfy.utils.ProgressBar(len(names)), 0
         for a in range(0, len(names), 512):
             comfy.model_management.throw_exception_if_processing_interrupted()
             imgs = to_image(x[a:a + 512], scale)
             written += sum(write_png_if_changed(root / nm, im) for nm, im in zip(names[a:a + 512], imgs))
+            pbar.update_absolute(min(a + 512, len(names)), len(names))
         return io.NodeOutput(text, len(names), images, ui={"text": (f"{len(names)} images in input/{text} ({written} written)",)})
 
 

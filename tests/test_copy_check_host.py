@@ -206,6 +206,18 @@ def test_symlink_that_leads_out_is_refused(dirs, tmp_path):
     assert node().validate_inputs("link", "fixed threshold", "", 0.01) is True
 
 
+def test_training_images_never_write_through_a_link_that_leads_out(dirs, tmp_path):
+    from memsafe_cfg.nodes.testbed import MemSafeTestbedTrainingImages
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (dirs / "link").symlink_to(outside)
+    for typed in ("link/train", "../outside/train", str(outside / "train")):
+        with pytest.raises(ValueError, match="folder"):
+            MemSafeTestbedTrainingImages.execute(typed, "training (copy references)", 8)
+    assert list(outside.iterdir()) == []  # nothing made or written outside the input directory
+
+
 def test_missing_folder_is_refused(dirs):
     assert "does not exist" in refused(pictures(1), "reference_folder", folder="nope")
 
