@@ -161,8 +161,8 @@ class MemSafeCopyCheck(io.ComfyNode):
         embedder = clip_embedder(clip_vision) if clip_vision is not None else PixelEmbedder()
         cancel = comfy.model_management.throw_exception_if_processing_interrupted
         base = folder_paths.get_input_directory()
-        ref_path, _ = folder(reference_folder, "reference_folder")
-        held_path, _ = folder(heldout_folder, "heldout_folder") if calibration == X.CALIBRATIONS[2] else (None, [])
+        ref_path = C.resolve_inside(base, reference_folder, "reference_folder") if str(reference_folder or "").strip() else None
+        held_path = C.resolve_inside(base, heldout_folder, "heldout_folder") if calibration == X.CALIBRATIONS[2] else None
         pbar = comfy.utils.ProgressBar(100)
 
         def progress(done, total, lo=0, hi=100):
