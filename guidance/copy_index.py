@@ -141,7 +141,7 @@ def search(queries: torch.Tensor, refs: References, chunk: int, exclude: torch.T
 
 
 def threshold_at(values: torch.Tensor, rate: float) -> float:
-    """The smallest observed value that fewer than ``rate`` of ``values`` exceed (testbed.measure.copy_threshold)."""
+    """The smallest observed value that fewer than ``rate`` of ``values`` exceed (the testbed's copy floor uses it too)."""
     s = values.double().sort(descending=True).values
     k = max(math.ceil(rate * len(s)) - 1, 0)
     return float(s[k])

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from . import guidance
 from .data import TestbedData, centered
 
 # The copy threshold `python -m testbed.reproduce` calibrates on the shipped weights (fewer than 1 % of fresh clean
@@ -50,10 +51,8 @@ class Measure:
 
 
 def copy_threshold(similarity: torch.Tensor, max_share: float = 0.01) -> float:
-    """The smallest observed value that fewer than max_share of these (clean) similarities exceed."""
-    s = similarity.double().sort(descending=True).values
-    k = max(math.ceil(max_share * len(s)) - 1, 0)  # at most k values strictly above s[k]
-    return float(s[k])
+    """The smallest observed value that fewer than max_share of these (clean) similarities exceed (Copy Check's rule)."""
+    return guidance.copy_index.threshold_at(similarity, max_share)
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
