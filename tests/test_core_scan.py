@@ -180,3 +180,56 @@ def test_testbed_scan_eval_scores_are_the_samplers_first_step_norms():
                           5.0, 50, first_step_only=True)
         assert torch.allclose(sc["norm"], trace.norms[0], rtol=1e-5)
         assert float(sc["alignment"].abs().max()) <= 1.0
+
+
+def test_testbed_scan_eval_lists_follow_the_rule():
+    """The calibration clean list and the broad evaluation list: disjoint, no memorized prompt or sibling among the
+    clean ones, >= 16 other clean prompts covering every digit, both styles, all three slants and both widths."""
+    from memsafe_cfg.testbed.data import all_prompts, load
+    from memsafe_cfg.testbed.model import SLANTS, STYLES, WIDTHS
+    from memsafe_cfg.testbed.scan_eval import scan_lists
+
+    tb = load()
+    cal, other = scan_lists(tb.memorized, tb.clean)
+    assert (cal, other) == scan_lists(tb.memorized, tb.clean)  # deterministic
+    assert len(other) >= 16 and len(cal) >= 16
+    assert len(set(cal)) == len(cal) and len(set(other)) == len(other) and not set(cal) & set(other)
+    for lst in (cal, other):
+        assert not set(lst) & set(tb.memorized) and not set(lst) & set(tb.clean)
+        assert set(lst) <= set(all_prompts())
+        for pos, words in enumerate((range(10), STYLES, SLANTS, WIDTHS)):
+            assert {p[pos] for p in lst} == set(words)
+    assert not set(tb.clean) & set(tb.memorized)
+
+
+def test_testbed_scan_eval_reports_per_level(tmp_path):
+    """A tiny run (shipped weights, 2 seeds, 4 steps): per-level keys, both lists in the JSON, the sampler's
+    unflagged samples bit-identical to plain CFG; values are ranges, never stored floats."""
+    import json
+
+    from memsafe_cfg.testbed.data import load
+    from memsafe_cfg.testbed.scan_eval import main
+
+    tb = load()
+    out = tmp_path / "scan.json"
+    r = main(["--calib-seeds", "3", "--eval-seeds", "2", "--sample-seeds", "1", "--steps", "4",
+              "--copy-threshold", "0.965", "--json", str(out)])
+    assert json.loads(out.read_text())["config"]["calibration_clean_list"] == r["config"]["calibration_clean_list"]
+    c = r["config"]
+    ev = c["evaluation_list"]
+    assert len(ev["memorized"]) == len(tb.memorized) and len(ev["other_clean"]) >= 16
+    assert not set(c["calibration_clean_list"]) & (set(ev["other_clean"]) | set(ev["clean_siblings"]))
+    assert c["calibration_seeds"] == [10_000, 10_002] and c["evaluation_seeds"] == [0, 1]
+    levels = {f"{s:g}" for s in tb.shares}
+    norm = r["scores"]["norm"]
+    assert r["headline"] == "norm" and set(norm["levels"]) == levels
+    for e in norm["levels"].values():
+        assert 0.0 <= e["prompt_auc"] <= 1.0 and 0.0 <= e["tpr"] <= 1.0 and len(e["ranks"]) == len(e["prompts"]) == 2
+    assert len(norm["ranking"]) == len(tb.memorized) + len(ev["clean_siblings"]) + len(ev["other_clean"])
+    assert sum(" * " in p for p in norm["ranking"]) == len(tb.memorized)
+    for key in ("prompt_auc", "eval_fpr", "eval_fpr_siblings", "eval_fpr_other_clean", "eval_tpr", "threshold"):
+        assert math.isfinite(norm[key])
+    s = r["sampler"]
+    assert s["samples"] == len(norm["ranking"]) and set(s["levels"]) == levels and r["copy_floor"]["threshold"] == 0.965
+    assert s["unflagged_bit_identical"] and s["first_step_norm_max_abs_diff_sampler_vs_scan"] < 1e-5
+    assert set(r["targets"]) >= {"copying_levels", "per_level", "all_met"}
