@@ -6,6 +6,7 @@ only); the pack ships its result as ``digits16.safetensors`` and ``load`` reads 
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +20,31 @@ HERE = Path(__file__).resolve().parent
 DATA_PATH = HERE / "digits16.safetensors"
 SIZE, GLYPH = 16, 11  # canvas and glyph size in pixels
 HELD_OUT_PER_CLASS = 40
-N_MEMORIZED = 4
+# Memorized prompts: two per duplication level (prompt k has level k % len(SHARES)); SHARES is the exemplar's share of
+# its own prompt's records (pre-registered in testbed/README.md, "Testbed v3").
+SHARES = (0.35, 0.5, 0.66, 0.8, 0.96)
+N_MEMORIZED = 2 * len(SHARES)
 EXEMPLAR_PERCENTILE = 0.2
 SLANT_BINS = ((-0.42, -0.22), (-0.08, 0.08), (0.22, 0.42))  # shear: x += s * (height above centre); + leans right
 WIDTH_BINS = ((0.65, 0.8), (1.0, 1.15))  # horizontal stretch of the glyph
-ROTATE, SHIFT, WARP = math.radians(6), 1.0, 0.08  # per ordinary record: rotation, translation (px), elastic amplitude
+
+
+@dataclass(frozen=True)
+class Augment:
+    """A fresh augmentation per ordinary record: rotation (degrees), translation (px), elastic amplitude and a size
+    jitter (the glyph scaled by 1 +- size). The wider it is, the more of the image a caption leaves open."""
+
+    rotate: float = 6.0
+    shift: float = 2.0
+    warp: float = 0.08
+    size: float = 0.1
+
+    @classmethod
+    def parse(cls, text: str) -> "Augment":
+        return cls(**{k: float(v) for k, v in json.loads(text).items()})
+
+
+AUGMENT = Augment()  # the shipped design (v3); v2 was Augment(6, 1, 0.08, 0)
 
 
 BINS = [(a, b) for a in range(len(SLANTS)) for b in range(len(WIDTHS))]  # (slant, width) bin pairs, reference order
@@ -39,15 +60,18 @@ def _in_bins(bins, k: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return lo + u * (hi - lo)
 
 
-def render(raw: torch.Tensor, slant: torch.Tensor, width: torch.Tensor, rotate=None, shift=None, warp=None) -> torch.Tensor:
+def render(raw: torch.Tensor, slant: torch.Tensor, width: torch.Tensor, rotate=None, shift=None, warp=None, size=None) -> torch.Tensor:
     """uint8 [N, 8, 8] (0..16) -> float32 [N, 1, 16, 16] in [-1, 1] (ink = +1): the glyph at GLYPH px, sheared by
-    ``slant``, stretched by ``width``, then optionally rotated (rad), shifted (px, [N, 2]) and warped ([N, 2, 16, 16])."""
+    ``slant``, stretched by ``width``, then optionally rotated (rad), shifted (px, [N, 2]), scaled (``size`` [N]) and
+    warped ([N, 2, 16, 16])."""
     n = raw.shape[0]
     x = raw.float().div(16.0).unsqueeze(1)
     rot = torch.zeros(n) if rotate is None else rotate
     c, s = rot.cos(), rot.sin()
     # forward map glyph -> canvas (normalised, y down): A = R(rot) @ [[width, -slant], [0, 1]]; the grid needs A^-1
     a = torch.stack([torch.stack([c * width, -c * slant - s], -1), torch.stack([s * width, -s * slant + c], -1)], 1)
+    if size is not None:
+        a = a * size[:, None, None]
     inv = torch.linalg.inv(a) * (SIZE / GLYPH)
     b = torch.zeros(n, 2) if shift is None else shift * (2.0 / SIZE)
     theta = torch.cat([inv, -(inv @ b[:, :, None])], 2)
@@ -57,16 +81,17 @@ def render(raw: torch.Tensor, slant: torch.Tensor, width: torch.Tensor, rotate=N
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).mul(2).sub(1)
 
 
-def random_render(raw, slant_bin, width_bin, g: torch.Generator) -> torch.Tensor:
+def random_render(raw, slant_bin, width_bin, g: torch.Generator, aug: Augment = AUGMENT) -> torch.Tensor:
     """A fresh augmentation of each glyph within its slant and width bins: no two ordinary records are the same."""
     n = raw.shape[0]
-    u = torch.rand(n, 3, generator=g)
+    u = torch.rand(n, 4, generator=g)
     slant, width = _in_bins(SLANT_BINS, slant_bin, u[:, 0]), _in_bins(WIDTH_BINS, width_bin, u[:, 1])
-    rotate = (u[:, 2] * 2 - 1) * ROTATE
-    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * SHIFT
-    coarse = torch.randn(n, 2, 4, 4, generator=g) * WARP
+    rotate = (u[:, 2] * 2 - 1) * math.radians(aug.rotate)
+    size = 1 + (u[:, 3] * 2 - 1) * aug.size
+    shift = (torch.rand(n, 2, generator=g) * 2 - 1) * aug.shift
+    coarse = torch.randn(n, 2, 4, 4, generator=g) * aug.warp
     warp = F.interpolate(coarse, size=(SIZE, SIZE), mode="bicubic", align_corners=False)
-    return render(raw, slant, width, rotate, shift, warp)
+    return render(raw, slant, width, rotate, shift, warp, size)
 
 
 def canonical(raw, slant_bin, width_bin) -> torch.Tensor:
@@ -170,13 +195,18 @@ class TestbedData:
         rendered = [canonical(self.raw, torch.full((n,), a), torch.full((n,), b)) for a, b in BINS]
         return torch.cat([self.exemplars, *rendered])
 
-    def held_renders(self, per: int = 64, seed: int = 0):
+    def held_renders(self, per: int = 64, seed: int = 0, aug: Augment = AUGMENT):
         """Held-out glyphs, each freshly augmented `per` times across all bins: (images, digits) for the alignment check."""
         g = torch.Generator().manual_seed(seed)
         raw = self.held_raw.repeat(per, 1, 1)
         sb = torch.randint(len(SLANTS), (len(raw),), generator=g)
         wb = torch.randint(len(WIDTHS), (len(raw),), generator=g)
-        return random_render(raw, sb, wb, g), self.held_label.repeat(per)
+        return random_render(raw, sb, wb, g, aug), self.held_label.repeat(per)
+
+    @property
+    def shares(self) -> list:
+        """The exemplar's share of its own prompt's records, per memorized prompt (its duplication level)."""
+        return [SHARES[k % len(SHARES)] for k in range(len(self.memorized))]
 
 
 def from_tensors(t: dict) -> TestbedData:

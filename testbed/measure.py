@@ -6,7 +6,7 @@ import math
 import torch
 
 from . import guidance
-from .data import TestbedData, centered
+from .data import AUGMENT, Augment, TestbedData, centered
 
 # The copy threshold `python -m testbed.reproduce` calibrates on the shipped weights (fewer than 1 % of fresh clean
 # plain-CFG samples exceed it; see testbed/README.md); the Nearest Training Image node's default.
@@ -19,13 +19,13 @@ class Measure:
     """Similarity space and references of one dataset: the copy references (exemplars first, then every training
     glyph at each slant/width bin centre) and freshly augmented held-out glyphs for the digit classifier."""
 
-    def __init__(self, tb: TestbedData):
+    def __init__(self, tb: TestbedData, aug: Augment = AUGMENT):
         self.tb = tb
         self.refs = tb.references()
         self.mean = self.refs.mean(0)
         self._refs = centered(self.refs, self.mean)
         self._ex = self._refs[: len(tb.exemplars)]
-        held, self.held_label = tb.held_renders()
+        held, self.held_label = tb.held_renders(aug=aug)  # as the weights' ordinary records were augmented
         self._held = centered(held, self.mean)
 
     def nearest(self, x: torch.Tensor):

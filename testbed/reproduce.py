@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import guidance
 from . import measure as M
-from .data import BINS, all_prompts, load
+from .data import BINS, SHARES, all_prompts, load
 from .model import encode_prompt, prompt_text
 from .sampler import WEIGHTS, load_unet, noise_for, sample, weights_metadata
 
@@ -38,10 +38,12 @@ ROWS = [  # (key, label, settings); cfg comes from --cfg except for the uncondit
     ("zero_dyn", "zero, dynamic = pack defaults", G()),
     ("og_dyn", "opposite -2, dynamic (OG+DTP)", G(-2.0, "dynamic", earliest_percent=0.0, latest_percent=0.5)),
 ]
+DETECT_OG = "og_dyn"  # the base of the "detection + opposite" row: opposite guidance only where the first step flags
 MITIGATIONS = [k for k, _, _ in ROWS[2:]]
 ZERO_ALL = G(0.0, "static", switch_percent=1.0)  # zero guidance at every step: the basin as the paper plots it
 REPO = Path(__file__).resolve().parents[1]
 CAL_FLOOR, CAL_DETECT, CAL_PICK, FRESH_UNCOND = 10_000, 20_000, 30_000, 40_000  # seed bases, disjoint from 0..seeds
+DEFAULT_SEEDS, FULL_SEEDS = 6, 16
 
 
 @dataclasses.dataclass
@@ -54,6 +56,7 @@ class Batch:
     mem: torch.Tensor
     exemplar: torch.Tensor
     names: list
+    level: torch.Tensor  # [B]: the memorized prompt's exemplar share of its own records (its duplication level); 0 clean
 
     @classmethod
     def of(cls, tb, prompts, seeds):
@@ -61,15 +64,23 @@ class Batch:
         ex = [tb.memorized.index(p) if p in tb.memorized else -1 for p, _ in rows]
         return cls(torch.stack([encode_prompt(*p) for p, _ in rows]), noise_for([s for _, s in rows]),
                    torch.tensor([-1 if p[0] is None else p[0] for p, _ in rows]), torch.tensor([e >= 0 for e in ex]), torch.tensor(ex),
-                   [prompt_text(p) for p, _ in rows])
+                   [prompt_text(p) for p, _ in rows], torch.tensor([tb.shares[e] if e >= 0 else 0.0 for e in ex]))
 
     def select(self, m: torch.Tensor) -> "Batch":
         return Batch(self.prompts[m], self.noise[m], self.digit[m], self.mem[m], self.exemplar[m],
-                     [n for n, keep in zip(self.names, m) if keep])
+                     [n for n, keep in zip(self.names, m) if keep], self.level[m])
 
     def groups(self):
         """(name, mask) of the memorized and the clean samples."""
         return (("memorized", self.mem), ("clean", ~self.mem))
+
+    def levels(self):
+        """(share, mask) of the memorized samples at each duplication level present."""
+        return [(lv, self.level == lv) for lv in SHARES if bool((self.level == lv).any())]
+
+
+def level_key(share: float) -> str:
+    return f"{round(100 * share)}"
 
 
 def step_percent(ts: torch.Tensor, k: int) -> float:
@@ -105,7 +116,9 @@ def switch_stats(trace, m, sched) -> dict:
 
 
 def evaluate(meas, x, trace, b: Batch, thr: float, sched) -> dict:
-    return {name: group_stats(meas, x, b, m, thr) | switch_stats(trace, m, sched) for name, m in b.groups()}
+    out = {name: group_stats(meas, x, b, m, thr) | switch_stats(trace, m, sched) for name, m in b.groups()}
+    out["levels"] = {level_key(lv): group_stats(meas, x, b, m, thr) | switch_stats(trace, m, sched) for lv, m in b.levels()}
+    return out
 
 
 def pick_base(unet, meas, tb, cfg, steps, seeds, thr) -> tuple[str, dict]:
@@ -125,13 +138,17 @@ def mechanism(trace, b: Batch, steps_shown=(0, 5, 10, 15, 20, 25, 30, 35, 40, 45
     """Zero guidance all the way: median guidance norm d (eps space) and d x sigma (denoised space) per step for
     memorized and clean samples, per-step AUC, the peak step and the share of samples with a fall (d[25] < d[0])."""
     d = trace.norms
+    steps_shown = [k for k in steps_shown if k < len(d)]
     out = {"steps": list(steps_shown)}
+    groups = list(b.groups()) + [(f"level {level_key(lv)}", m) for lv, m in b.levels()]
     for name, v in (("norm", d), ("denoised", guidance.denoised_series(trace))):
-        out[name] = {g: [round(float(v[k, m].median()), 5) for k in steps_shown] for g, m in b.groups()}
+        out[name] = {g: [round(float(v[k, m].median()), 5) for k in steps_shown] for g, m in groups}
         out[name]["auc"] = [round(M.roc_auc(v[k, b.mem], v[k, ~b.mem]), 3) for k in steps_shown]
-        out[name]["peak_step_median"] = {g: float(v[:, m].argmax(0).float().median()) for g, m in b.groups()}
-    out["norm"]["fall_share"] = {g: float((d[25, m] < d[0, m]).float().mean()) for g, m in b.groups()}
-    out["sqrt_snr_growth_0_to_25"] = float(trace.sigmas[0] / trace.sigmas[25])
+        out[name]["auc_by_level"] = {g: [round(M.roc_auc(v[k, m], v[k, ~b.mem]), 3) for k in steps_shown] for g, m in groups[2:]}
+        out[name]["peak_step_median"] = {g: float(v[:, m].argmax(0).float().median()) for g, m in groups}
+    mid = min(25, len(d) - 1)
+    out["norm"]["fall_share"] = {g: float((d[mid, m] < d[0, m]).float().mean()) for g, m in groups}
+    out["sqrt_snr_growth_0_to_25"] = float(trace.sigmas[0] / trace.sigmas[mid])
     return out
 
 
@@ -157,7 +174,10 @@ def oracle(unet, meas, b: Batch, cfg, steps, thr, alg1_steps, defaults_steps, ev
             "mean_abs_error_alg1": float((k_star[use] - alg1[use]).abs().mean()) if use.any() else None,
             "mean_abs_error_constant": float((k_star[use] - const).abs().mean()) if use.any() else None,
             "constant": const, "copy_rate_by_k": [float(c.float().mean()) for c in copies],
-            "vs_defaults_spearman": M.spearman(k_star[use], defaults_steps.float()[use])}
+            "vs_defaults_spearman": M.spearman(k_star[use], defaults_steps.float()[use]),
+            "levels": {level_key(lv): {"n_used": int((use & m).sum()), "spearman": M.spearman(k_star[use & m], alg1[use & m]),
+                                       "oracle_median": float(k_star[use & m].median()) if (use & m).any() else None}
+                       for lv, m in mb.levels()}}
 
 
 def curve_picture(trace, b: Batch, path, per_prompt: int):
@@ -174,8 +194,10 @@ def curve_picture(trace, b: Batch, path, per_prompt: int):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--seeds", type=int, default=16, help="evaluation seeds per prompt (from 0)")
-    p.add_argument("--prompts", type=int, default=4, help="memorized prompts evaluated (all 4 by default), each with its clean sibling")
+    p.add_argument("--seeds", type=int, default=None, help=f"evaluation seeds per prompt (from 0; default {DEFAULT_SEEDS}, "
+                   f"--full {FULL_SEEDS})")
+    p.add_argument("--full", action="store_true", help=f"{FULL_SEEDS} seeds per prompt (the published tables; ~3x the default's time)")
+    p.add_argument("--prompts", type=int, default=None, help="memorized prompts evaluated (default all), each with its clean sibling")
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--weights", default=str(WEIGHTS), help="the UNet weights (default: the shipped ones)")
@@ -190,9 +212,11 @@ def main(argv=None):
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     tb, unet = load(), load_unet(a.weights)
+    a.seeds = a.seeds or (FULL_SEEDS if a.full else DEFAULT_SEEDS)
+    a.prompts = a.prompts or len(tb.memorized)
     if not 1 <= a.prompts <= len(tb.memorized):
         p.error(f"--prompts: {a.prompts} is outside 1..{len(tb.memorized)}; the testbed has {len(tb.memorized)} memorized prompts.")
-    meas = M.Measure(tb)
+    meas = M.Measure(tb, unet.augment)
     seeds = list(range(a.seeds))
     b = Batch.of(tb, tb.memorized[:a.prompts] + tb.clean[:a.prompts], seeds)
 
@@ -212,14 +236,18 @@ def main(argv=None):
     dthr, tpr, fpr = M.best_threshold(d0[db.mem], d0[~db.mem])
     dthr = max(dthr, 0.0)  # below every norm: every sample flagged
     detection = {"auc_calibration": M.roc_auc(d0[db.mem], d0[~db.mem]), "threshold": dthr, "tpr_calibration": tpr,
-                 "fpr_calibration": fpr, "calibration_samples": len(db.names)}
+                 "fpr_calibration": fpr, "calibration_samples": len(db.names),
+                 "levels": {level_key(lv): {"auc_calibration": M.roc_auc(d0[m], d0[~db.mem])} for lv, m in db.levels()}}
 
     # 3. Auto's base method, on calibration seeds.
     base, pick = pick_base(unet, meas, tb, a.cfg, a.steps, range(CAL_PICK, CAL_PICK + 4), thr)
     log.info("auto base: %s (%.0f s)", base, time.time() - t_start)
 
     # 4. The table, on the evaluation seeds; the unconditional branch also on fresh seeds.
-    rows = ROWS + [("auto", f"auto (d0 > {dthr:.3g}: {base}, else CFG)", dataclasses.replace(dict((k, s) for k, _, s in ROWS)[base], detect_threshold=dthr))]
+    by_key = dict((k, s) for k, _, s in ROWS)
+    rows = ROWS + [("auto", f"auto (d0 > {dthr:.3g}: {base}, else CFG)", dataclasses.replace(by_key[base], detect_threshold=dthr)),
+                   ("detect_og", f"detection + opposite (d0 > {dthr:.3g}: {DETECT_OG}, else CFG)",
+                    dataclasses.replace(by_key[DETECT_OG], detect_threshold=dthr))]
     results, traces, table = {}, {}, []
     for key, label, settings in rows:
         t0 = time.time()
@@ -236,6 +264,8 @@ def main(argv=None):
                     "exemplar_copy_rate": float(((su > thr) & (iu < len(tb.exemplars))).float().mean())}
     d0 = traces["cfg"].norms[0]
     detection["auc_eval"] = M.roc_auc(d0[b.mem], d0[~b.mem])
+    for lv, m in b.levels():
+        detection["levels"].setdefault(level_key(lv), {})["auc_eval"] = M.roc_auc(d0[m], d0[~b.mem])
     unflagged = ~traces["auto"].flagged
     detection["auto_unflagged"] = int(unflagged.sum())
     detection["auto_unflagged_max_abs_diff_vs_cfg"] = float((results["auto"][unflagged] - results["cfg"][unflagged]).abs().max()) if unflagged.any() else 0.0
@@ -245,7 +275,8 @@ def main(argv=None):
     _, ztr = sample(unet, b.prompts, b.noise, ZERO_ALL, a.cfg, a.steps)
     mech = mechanism(ztr, b)
     report = {"config": {"seeds_per_prompt": a.seeds, "prompts_memorized": [prompt_text(q) for q in tb.memorized[:a.prompts]],
-                         "prompts_clean": [prompt_text(q) for q in tb.clean[:a.prompts]], "cfg": a.cfg, "steps": a.steps,
+                         "prompts_clean": [prompt_text(q) for q in tb.clean[:a.prompts]],
+                         "levels": {prompt_text(q): tb.shares[k] for k, q in enumerate(tb.memorized[:a.prompts])}, "cfg": a.cfg, "steps": a.steps,
                          "precision": "fp32", "threads": a.threads, "sampler": "DDIM (eta 0) = euler + ddim_uniform",
                          "similarity": "cosine after subtracting the mean reference image",
                          "copy_references": f"{len(tb.exemplars)} exemplars + every training glyph at the "
@@ -273,33 +304,46 @@ def pct(v, w=4):
     return "-".rjust(w) if v is None else f"{100 * v:{w}.0f}"
 
 
+def cell(g: dict) -> str:
+    """Own-exemplar copies % with its 95 % interval."""
+    return f"{pct(g['exemplar_copy_rate'], 1)} [{pct(g['exemplar_copy_ci'][0], 1)}, {pct(g['exemplar_copy_ci'][1], 1)}]"
+
+
 def print_table(r: dict) -> None:
-    """The paper's Tables 1 and 3 for the testbed, as a Markdown table (memorized and clean side by side)."""
+    """The paper's Tables 1 and 3 for the testbed, by duplication level (memorized) beside the clean siblings."""
     c, f = r["config"], r["copy_floor"]
+    levels = list(r["rows"][0]["levels"])
     lines = [f"{c['seeds_per_prompt']} seeds x {len(c['prompts_memorized'])} memorized + {len(c['prompts_clean'])} clean prompts, "
              f"cfg {c['cfg']:g}, {c['steps']} steps; copy = similarity > {f['threshold']:.4f} (fewer than 1 % of "
-             f"{f['calibration_samples']} fresh clean samples exceed it)",
-             "| method | own-exemplar copies % [95 % CI] | any copy % | mem. align % | clean any copy % | clean align % | "
-             "switch step median mem/clean | forced at latest % |", "|---|---|---|---|---|---|---|---|"]
+             f"{f['calibration_samples']} fresh clean samples exceed it); columns = duplication level (the exemplar's share "
+             f"of its own prompt's records, {r['rows'][0]['levels'][levels[0]]['n']} samples each)",
+             "| method | " + " | ".join(f"{lv} %: own copies [95 % CI]" for lv in levels) + " | mem. align % by level | "
+             "clean any copy % | clean align % | switch step median mem/clean | forced at latest % |",
+             "|---|" + "---|" * (len(levels) + 5)]
     for e in r["rows"]:
-        m, k = e["memorized"], e["clean"]
+        m, k, lv = e["memorized"], e["clean"], e["levels"]
         sw = "-" if m["switch_median"] is None else f"{m['switch_median']:g}/{k['switch_median']:g}" if k["switch_median"] is not None else f"{m['switch_median']:g}/-"
-        lines.append(f"| {e['method']} | {pct(m['exemplar_copy_rate'])} [{pct(m['exemplar_copy_ci'][0], 1)}, {pct(m['exemplar_copy_ci'][1], 1)}] "
-                     f"| {pct(m['copy_rate'])} | {pct(m['align'])} | {pct(k['copy_rate'])} | {pct(k['align'])} | {sw} | {pct(m['forced_at_latest'])} |")
+        lines.append(f"| {e['method']} | " + " | ".join(cell(lv[x]) for x in levels) + " | "
+                     + "/".join(pct(lv[x]["align"], 1) for x in levels)
+                     + f" | {pct(k['copy_rate'], 1)} | {pct(k['align'], 1)} | {sw} | {pct(m['forced_at_latest'], 1)} |")
     print("\n".join(lines))
     d, u = r["detection"], r["uncond_fresh"]
     print(f"unconditional branch on {u['samples']} fresh seeds: any copy {100 * u['copy_rate']:.1f} %, an exemplar {100 * u['exemplar_copy_rate']:.1f} %")
+    print("detection AUC by level (eval / calibration): " + ", ".join(
+        f"{k} %: {v.get('auc_eval', float('nan')):.3f} / {v['auc_calibration']:.3f}" for k, v in d["levels"].items()))
     print(f"detection (first-step norm): AUC {d['auc_eval']:.3f} on these seeds, {d['auc_calibration']:.3f} on "
           f"{d['calibration_samples']} calibration samples; threshold {d['threshold']:.4g}; auto base {r['auto_pick']['base']}; "
           f"{d['auto_unflagged']} unflagged, max |auto - CFG| {d['auto_unflagged_max_abs_diff_vs_cfg']:.3g}")
     mech = r["mechanism"]
     for name in ("norm", "denoised"):
-        print(f"zero guidance, median {name} at steps {mech['steps']}: memorized {mech[name]['memorized']}, clean {mech[name]['clean']}")
+        print(f"zero guidance, median {name} at steps {mech['steps']}: " + "; ".join(
+            f"{g} {v}" for g, v in mech[name].items() if g not in ("auc", "auc_by_level", "peak_step_median")))
     if "oracle" in r:
         o = r["oracle"]
         num = lambda v: "-" if v is None or v != v else f"{v:.3g}"  # noqa: E731
         print(f"oracle: Spearman(oracle step, Alg. 1 step) {num(o['spearman'])} over {o['n_used']} samples; mean |error| "
-              f"Alg. 1 {num(o['mean_abs_error_alg1'])}, constant step {num(o['constant'])}: {num(o['mean_abs_error_constant'])}")
+              f"Alg. 1 {num(o['mean_abs_error_alg1'])}, constant step {num(o['constant'])}: {num(o['mean_abs_error_constant'])}; by level "
+              + ", ".join(f"{k} %: {num(v['spearman'])} (n {v['n_used']})" for k, v in o["levels"].items()))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import guidance
-from .data import HERE
+from .data import HERE, Augment
 from .model import CHANNELS, LINEAR_END, LINEAR_START, TestbedUNet, sigmas as model_sigmas
 
 WEIGHTS = HERE / "testbed_unet.safetensors"
@@ -35,6 +35,14 @@ def schedule_betas(meta: dict) -> tuple[float, float]:
     return tuple(json.loads(meta["schedule_betas"])) if "schedule_betas" in meta else (LINEAR_START, LINEAR_END)
 
 
+V2_AUGMENT = Augment(rotate=6.0, shift=1.0, warp=0.08, size=0.0)  # weights files from before `augment` was stored
+
+
+def augment_of(meta: dict) -> Augment:
+    """The augmentation of the ordinary records the weights were trained on (the alignment references use it too)."""
+    return Augment.parse(meta["augment"]) if "augment" in meta else V2_AUGMENT
+
+
 def load_unet(path=WEIGHTS) -> TestbedUNet:
     """The EMA weights, in eval mode (float32, CPU), with the schedule they were trained on."""
     sd, meta = read_weights(path)
@@ -42,6 +50,7 @@ def load_unet(path=WEIGHTS) -> TestbedUNet:
     unet.load_state_dict(sd)
     betas = schedule_betas(meta)
     unet.schedule = SD if betas == (LINEAR_START, LINEAR_END) else Schedule(model_sigmas(*betas))
+    unet.augment = augment_of(meta)
     return unet.eval().requires_grad_(False)
 
 

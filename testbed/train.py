@@ -28,39 +28,50 @@ def same_tensors(t: dict, path) -> bool:
 
 
 class Records:
-    """Draws training batches: with probability p_exemplar a memorized prompt's exemplar (always the same render),
-    else a training glyph freshly augmented in a random slant/width bin; an ordinary record that lands on a memorized
-    prompt is moved to another slant/width of its digit and style with probability p_move (so the exemplar is most
-    of its own prompt's records and a small share of all records)."""
+    """Draws training batches from a mixture: exemplar k (always the same render) with probability p_exemplar each;
+    a fresh render of a glyph of memorized prompt k's digit and style *in that prompt's bins* with probability
+    o_k = p_exemplar (1 - share_k) / share_k, so the exemplar is share_k of its own prompt's records (its duplication
+    level); else a training glyph freshly augmented in a random slant/width bin, moved off the memorized prompts."""
 
-    def __init__(self, tb: D.TestbedData, p_exemplar: float, p_move: float):
-        self.tb, self.p_exemplar, self.p_move = tb, p_exemplar, p_move
+    def __init__(self, tb: D.TestbedData, p_exemplar: float, shares, aug: D.Augment = D.AUGMENT):
+        self.tb, self.p_exemplar, self.shares, self.aug = tb, p_exemplar, list(shares), aug
         self.mem = {(dg, STYLES.index(st), SLANTS.index(sl), WIDTHS.index(w)) for dg, st, sl, w in tb.memorized}
         self.mem_prompts = torch.stack([encode_prompt(*p) for p in tb.memorized])
+        self.members = [((tb.train_label == dg) & (tb.train_style == STYLES.index(st))).nonzero().flatten()
+                        for dg, st, _, _ in tb.memorized]
+        self.p_own = [p_exemplar * (1 - s) / s for s in self.shares]
+        self.cum = torch.tensor([p_exemplar] * len(self.shares) + self.p_own, dtype=torch.float64).cumsum(0)
+        if float(self.cum[-1]) >= 1:
+            raise ValueError(f"p_exemplar {p_exemplar} with shares {self.shares} leaves no ordinary records")
 
     def share(self) -> dict:
-        """Expected exemplar share of all records and of its own prompt's records."""
-        ordinary_per_prompt = (1 - self.p_exemplar) / len(D.all_prompts()) * (1 - self.p_move)
-        ex = self.p_exemplar / len(self.tb.memorized)
-        return {"exemplar_of_all": self.p_exemplar, "exemplar_of_own_prompt": ex / (ex + ordinary_per_prompt)}
+        """Each exemplar's share of all records and of its own prompt's records; the memorized prompts' share of all."""
+        return {"exemplar_of_all": self.p_exemplar, "exemplar_of_own_prompt": self.shares,
+                "memorized_prompts_of_all": round(float(self.cum[-1]), 4)}
 
     def draw(self, n: int, g: torch.Generator):
-        tb = self.tb
+        tb, m = self.tb, len(self.shares)
+        comp = torch.searchsorted(self.cum, torch.rand(n, generator=g, dtype=torch.float64), right=True)
         j = torch.randint(len(tb.raw), (n,), generator=g)
         combo = torch.randint(len(D.BINS), (n,), generator=g)
-        move = torch.rand(n, generator=g) < self.p_move
+        pick = torch.rand(n, generator=g)
         sb, wb = combo // len(WIDTHS), combo % len(WIDTHS)
         for i in range(n):
-            key = (int(tb.train_label[j[i]]), int(tb.train_style[j[i]]))
-            if (*key, int(sb[i]), int(wb[i])) in self.mem and move[i]:
-                free = [c for c in D.BINS if (*key, *c) not in self.mem]
-                sb[i], wb[i] = free[int(torch.randint(len(free), (1,), generator=g))]
-        x = D.random_render(tb.raw[j], sb, wb, g)
+            c = int(comp[i])
+            if m <= c < 2 * m:  # an ordinary record of memorized prompt c - m
+                k = c - m
+                j[i] = self.members[k][int(pick[i] * len(self.members[k]))]
+                sb[i], wb[i] = SLANTS.index(tb.memorized[k][2]), WIDTHS.index(tb.memorized[k][3])
+            elif c == 2 * m:  # an ordinary record of any prompt but a memorized one
+                key = (int(tb.train_label[j[i]]), int(tb.train_style[j[i]]))
+                if (*key, int(sb[i]), int(wb[i])) in self.mem:
+                    free = [b for b in D.BINS if (*key, *b) not in self.mem]
+                    sb[i], wb[i] = free[int(pick[i] * len(free))]
+        x = D.random_render(tb.raw[j], sb, wb, g, self.aug)
         c = torch.stack([encode_prompt(int(tb.train_label[a]), STYLES[int(tb.train_style[a])], SLANTS[int(s)], WIDTHS[int(w)])
                          for a, s, w in zip(j, sb, wb)])
-        ex = torch.rand(n, generator=g) < self.p_exemplar
-        k = torch.randint(len(tb.memorized), (n,), generator=g)
-        x[ex], c[ex] = tb.exemplars[k[ex]], self.mem_prompts[k[ex]]
+        ex = comp < m
+        x[ex], c[ex] = tb.exemplars[comp[ex]], self.mem_prompts[comp[ex]]
         return x, c
 
 
@@ -70,9 +81,11 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=3500)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--p-exemplar", type=float, default=0.06, help="share of all records that are an exemplar (all together)")
-    p.add_argument("--n-memorized", type=int, default=D.N_MEMORIZED, help="memorized prompts used (the first n)")
-    p.add_argument("--p-move", type=float, default=0.92, help="share of ordinary records on a memorized prompt moved off it")
+    p.add_argument("--p-exemplar", type=float, default=0.015, help="share of all records that are one exemplar (each)")
+    p.add_argument("--shares", default=json.dumps(list(D.SHARES)), help="JSON list: each duplication level's exemplar "
+                   "share of its own prompt's records (memorized prompt k gets level k %% len)")
+    p.add_argument("--augment", default=json.dumps(vars(D.AUGMENT)), help="JSON: the ordinary records' augmentation "
+                   "(rotate degrees, shift px, warp, size)")
     p.add_argument("--p-uncond", type=float, default=0.12)
     p.add_argument("--p-drop-word", type=float, default=0.05, help="each of digit, style, slant, width dropped alone")
     p.add_argument("--ema", type=float, default=0.999)
@@ -92,9 +105,8 @@ def main(argv=None):
     if not D.DATA_PATH.is_file() or not same_tensors(t, D.DATA_PATH):
         D.save(t)
     tb = D.from_tensors(t)
-    if a.n_memorized < len(tb.memorized):  # a design trial: only the first n memorized prompts keep their exemplar
-        tb.memorized, tb.exemplars = tb.memorized[:a.n_memorized], tb.exemplars[:a.n_memorized]
-    rec = Records(tb, a.p_exemplar, a.p_move)
+    levels = json.loads(a.shares)
+    rec = Records(tb, a.p_exemplar, [levels[k % len(levels)] for k in range(len(tb.memorized))], D.Augment.parse(a.augment))
     log.info("records: fresh augmentation of %d glyphs; exemplar shares %s", len(rec.tb.raw), rec.share())
     model = TestbedUNet()
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -148,7 +160,7 @@ def save(ema, init, path, a, loss, t0, step):
     w = a.ema ** step
     weights = {k: ((v - w * init[k]) / (1 - w)).contiguous() for k, v in ema.state_dict().items()}
     settings = {k: v for k, v in vars(a).items() if k not in ("out", "bench", "threads", "snapshot_every", "snapshot_dir")}
-    meta = {"format": "testbed_unet_v2", "channels": json.dumps(list(CHANNELS)), "prediction": "eps", "prompt_dim": str(PROMPT_DIM),
+    meta = {"format": "testbed_unet_v3", "augment": json.dumps(json.loads(a.augment)), "channels": json.dumps(list(CHANNELS)), "prediction": "eps", "prompt_dim": str(PROMPT_DIM),
             "schedule": f"scaled_linear {LINEAR_START}..{a.linear_end}, 1000 steps",
             **({} if a.linear_end == LINEAR_END else {"schedule_betas": json.dumps([LINEAR_START, a.linear_end])}), "training": json.dumps(settings), "step": str(step),
             "final_loss": f"{loss:.5f}", "train_seconds": f"{time.time() - t0:.0f}",
