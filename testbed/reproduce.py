@@ -196,6 +196,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seeds", type=int, default=None, help=f"evaluation seeds per prompt (from 0; default {DEFAULT_SEEDS}, "
                    f"--full {FULL_SEEDS})")
+    p.add_argument("--first-seed", type=int, default=0, help="first evaluation seed (pilots use 5000: never a reported seed)")
     p.add_argument("--full", action="store_true", help=f"{FULL_SEEDS} seeds per prompt (the published tables; ~3x the default's time)")
     p.add_argument("--prompts", type=int, default=None, help="memorized prompts evaluated (default all), each with its clean sibling")
     p.add_argument("--cfg", type=float, default=5.0)
@@ -217,7 +218,9 @@ def main(argv=None):
     if not 1 <= a.prompts <= len(tb.memorized):
         p.error(f"--prompts: {a.prompts} is outside 1..{len(tb.memorized)}; the testbed has {len(tb.memorized)} memorized prompts.")
     meas = M.Measure(tb, unet.augment)
-    seeds = list(range(a.seeds))
+    seeds = list(range(a.first_seed, a.first_seed + a.seeds))
+    if set(seeds) & set(range(CAL_FLOOR, FRESH_UNCOND + 128)):
+        p.error(f"--first-seed: evaluation seeds {seeds[0]}..{seeds[-1]} overlap the calibration seeds (10000-40127); use 0 or 5000.")
     b = Batch.of(tb, tb.memorized[:a.prompts] + tb.clean[:a.prompts], seeds)
 
     # 1. Copy floor: plain CFG on every unmemorized prompt, fresh seeds; fewer than 1 % exceed the threshold.
@@ -274,7 +277,7 @@ def main(argv=None):
     # 5. Mechanism: zero guidance at every step.
     _, ztr = sample(unet, b.prompts, b.noise, ZERO_ALL, a.cfg, a.steps)
     mech = mechanism(ztr, b)
-    report = {"config": {"seeds_per_prompt": a.seeds, "prompts_memorized": [prompt_text(q) for q in tb.memorized[:a.prompts]],
+    report = {"config": {"seeds_per_prompt": a.seeds, "first_seed": a.first_seed, "prompts_memorized": [prompt_text(q) for q in tb.memorized[:a.prompts]],
                          "prompts_clean": [prompt_text(q) for q in tb.clean[:a.prompts]],
                          "levels": {prompt_text(q): tb.shares[k] for k, q in enumerate(tb.memorized[:a.prompts])}, "cfg": a.cfg, "steps": a.steps,
                          "precision": "fp32", "threads": a.threads, "sampler": "DDIM (eta 0) = euler + ddim_uniform",

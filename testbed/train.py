@@ -31,10 +31,12 @@ class Records:
     """Draws training batches from a mixture: exemplar k (always the same render) with probability p_exemplar each;
     a fresh render of a glyph of memorized prompt k's digit and style *in that prompt's bins* with probability
     o_k = p_exemplar (1 - share_k) / share_k, so the exemplar is share_k of its own prompt's records (its duplication
-    level); else a training glyph freshly augmented in a random slant/width bin, moved off the memorized prompts."""
+    level); else a training glyph freshly augmented in a random slant/width bin, moved off the memorized prompts.
+    ``caption_noise`` q: an ordinary record's slant word and its width word are each, with probability q, drawn at
+    random instead of read from the render, so a caption leaves part of the image open (exemplars are exact)."""
 
-    def __init__(self, tb: D.TestbedData, p_exemplar: float, shares, aug: D.Augment = D.AUGMENT):
-        self.tb, self.p_exemplar, self.shares, self.aug = tb, p_exemplar, list(shares), aug
+    def __init__(self, tb: D.TestbedData, p_exemplar: float, shares, aug: D.Augment = D.AUGMENT, caption_noise: float = 0.0):
+        self.tb, self.p_exemplar, self.shares, self.aug, self.q = tb, p_exemplar, list(shares), aug, caption_noise
         self.mem = {(dg, STYLES.index(st), SLANTS.index(sl), WIDTHS.index(w)) for dg, st, sl, w in tb.memorized}
         self.mem_prompts = torch.stack([encode_prompt(*p) for p in tb.memorized])
         self.members = [((tb.train_label == dg) & (tb.train_style == STYLES.index(st))).nonzero().flatten()
@@ -55,7 +57,9 @@ class Records:
         j = torch.randint(len(tb.raw), (n,), generator=g)
         combo = torch.randint(len(D.BINS), (n,), generator=g)
         pick = torch.rand(n, generator=g)
-        sb, wb = combo // len(WIDTHS), combo % len(WIDTHS)
+        sb, wb = combo // len(WIDTHS), combo % len(WIDTHS)  # the caption's slant and width
+        noisy = torch.rand(n, 2, generator=g) < self.q
+        other = torch.stack([torch.randint(len(SLANTS), (n,), generator=g), torch.randint(len(WIDTHS), (n,), generator=g)], 1)
         for i in range(n):
             c = int(comp[i])
             if m <= c < 2 * m:  # an ordinary record of memorized prompt c - m
@@ -67,7 +71,8 @@ class Records:
                 if (*key, int(sb[i]), int(wb[i])) in self.mem:
                     free = [b for b in D.BINS if (*key, *b) not in self.mem]
                     sb[i], wb[i] = free[int(pick[i] * len(free))]
-        x = D.random_render(tb.raw[j], sb, wb, g, self.aug)
+        rs, rw = torch.where(noisy[:, 0], other[:, 0], sb), torch.where(noisy[:, 1], other[:, 1], wb)  # the render's bins
+        x = D.random_render(tb.raw[j], rs, rw, g, self.aug)
         c = torch.stack([encode_prompt(int(tb.train_label[a]), STYLES[int(tb.train_style[a])], SLANTS[int(s)], WIDTHS[int(w)])
                          for a, s, w in zip(j, sb, wb)])
         ex = comp < m
@@ -84,6 +89,8 @@ def main(argv=None):
     p.add_argument("--p-exemplar", type=float, default=0.015, help="share of all records that are one exemplar (each)")
     p.add_argument("--shares", default=json.dumps(list(D.SHARES)), help="JSON list: each duplication level's exemplar "
                    "share of its own prompt's records (memorized prompt k gets level k %% len)")
+    p.add_argument("--caption-noise", type=float, default=0.0, help="each of an ordinary record's slant and width "
+                   "words is random with this probability (a caption that leaves the image open)")
     p.add_argument("--augment", default=json.dumps(vars(D.AUGMENT)), help="JSON: the ordinary records' augmentation "
                    "(rotate degrees, shift px, warp, size)")
     p.add_argument("--p-uncond", type=float, default=0.12)
@@ -106,7 +113,7 @@ def main(argv=None):
         D.save(t)
     tb = D.from_tensors(t)
     levels = json.loads(a.shares)
-    rec = Records(tb, a.p_exemplar, [levels[k % len(levels)] for k in range(len(tb.memorized))], D.Augment.parse(a.augment))
+    rec = Records(tb, a.p_exemplar, [levels[k % len(levels)] for k in range(len(tb.memorized))], D.Augment.parse(a.augment), a.caption_noise)
     log.info("records: fresh augmentation of %d glyphs; exemplar shares %s", len(rec.tb.raw), rec.share())
     model = TestbedUNet()
     ema = copy.deepcopy(model).requires_grad_(False)
