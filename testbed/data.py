@@ -45,6 +45,7 @@ class Augment:
 
 
 AUGMENT = Augment()  # the shipped design (v3); v2 was Augment(6, 1, 0.08, 0)
+CAPTION_NOISE = 0.8  # an ordinary record's slant and width words are each random with this probability (v3; pilot P4)
 
 
 BINS = [(a, b) for a in range(len(SLANTS)) for b in range(len(WIDTHS))]  # (slant, width) bin pairs, reference order

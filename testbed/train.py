@@ -83,13 +83,13 @@ class Records:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=3500)
+    p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--p-exemplar", type=float, default=0.015, help="share of all records that are one exemplar (each)")
     p.add_argument("--shares", default=json.dumps(list(D.SHARES)), help="JSON list: each duplication level's exemplar "
                    "share of its own prompt's records (memorized prompt k gets level k %% len)")
-    p.add_argument("--caption-noise", type=float, default=0.0, help="each of an ordinary record's slant and width "
+    p.add_argument("--caption-noise", type=float, default=D.CAPTION_NOISE, help="each of an ordinary record's slant and width "
                    "words is random with this probability (a caption that leaves the image open)")
     p.add_argument("--augment", default=json.dumps(vars(D.AUGMENT)), help="JSON: the ordinary records' augmentation "
                    "(rotate degrees, shift px, warp, size)")

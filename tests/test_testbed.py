@@ -80,9 +80,10 @@ def not_the_exemplar(tb, meas, k: int) -> dict:
 
 def test_shipped_data_is_what_the_readme_says(tb, meas):
     assert tb.raw.shape == (1397, 8, 8) and tb.held_raw.shape == (400, 8, 8)
-    assert len(tb.memorized) == len(set(tb.memorized)) == 4 and len(set(tb.exemplar_source.tolist())) == 4
-    assert len({p[0] for p in tb.memorized}) == 4  # four different digits
-    assert not set(tb.clean) & set(tb.memorized) and len(tb.clean) == 4
+    assert len(tb.memorized) == len(set(tb.memorized)) == 10 and len(set(tb.exemplar_source.tolist())) == 10
+    assert len({p[0] for p in tb.memorized}) == 10  # ten different digits
+    assert tb.shares == [D.SHARES[k % 5] for k in range(10)] and D.SHARES == (0.35, 0.5, 0.66, 0.8, 0.96)  # two per level
+    assert not set(tb.clean) & set(tb.memorized) and len(tb.clean) == 10
     assert all(c[:2] == m[:2] and c[2:] != m[2:] for m, c in zip(tb.memorized, tb.clean))  # siblings: same digit, style
     for k, (digit, style, slant, width) in enumerate(tb.memorized):
         j = int(tb.exemplar_source[k])
@@ -100,22 +101,36 @@ def test_shipped_data_is_what_the_readme_says(tb, meas):
     g = torch.Generator().manual_seed(1)
     j = torch.randint(len(tb.raw), (1000,), generator=g)
     fresh = D.random_render(tb.raw[j], torch.randint(3, (1000,), generator=g), torch.randint(2, (1000,), generator=g), g)
-    assert float((meas.classify(fresh) == tb.train_label[j]).float().mean()) > 0.88  # 91 % on glyphs it never saw
+    assert float((meas.classify(fresh) == tb.train_label[j]).float().mean()) > 0.84  # 87 % on glyphs it never saw
 
 
-def test_ordinary_records_are_all_distinct_and_exemplars_are_a_small_share(tb):
-    rec = Records(tb, p_exemplar=0.06, p_move=0.92)
-    x, c = rec.draw(4000, torch.Generator().manual_seed(0))
-    ex = (x.flatten(1)[:, None] == tb.exemplars.flatten(1)[None]).all(-1).any(1)
-    share = float(ex.float().mean())
-    assert 0.045 < share < 0.075, share  # ~6 % of all records
-    flat = x[~ex].flatten(1)
+def test_records_grade_duplication_by_level_and_ordinary_records_are_all_distinct(tb):
+    rec = Records(tb, 0.015, tb.shares, caption_noise=D.CAPTION_NOISE)
+    x, c = rec.draw(8000, torch.Generator().manual_seed(0))
+    ex = (x.flatten(1)[:, None] == tb.exemplars.flatten(1)[None]).all(-1)  # [N, 10]: record n is exemplar k
+    assert 0.13 < float(ex.any(1).float().mean()) < 0.17  # 1.5 % each, 10 exemplars
+    flat = x[~ex.any(1)].flatten(1)
     assert len(torch.unique(flat, dim=0)) == len(flat)  # fresh augmentation: no ordinary record repeats
-    mem = torch.stack([encode_prompt(*p) for p in tb.memorized])
-    on_mem = (c[:, None] == mem[None]).all(-1).any(1)
-    own = float((ex & on_mem).sum() / on_mem.sum())
-    assert own > 0.85, own  # an exemplar is most of its own prompt's records (expected 0.96)
-    assert abs(rec.share()["exemplar_of_own_prompt"] - 0.960) < 0.01
+    own = []
+    for k, p in enumerate(tb.memorized):
+        on = (c == encode_prompt(*p)).all(1)
+        assert bool(ex[:, k][ex[:, k]].all()) and bool(on[ex[:, k]].all())  # an exemplar always carries its exact prompt
+        own.append(float(ex[on, k].float().mean()))
+        assert abs(own[-1] - tb.shares[k]) < 0.08, (p, own[-1], tb.shares[k])  # its share of its own prompt's records
+    by_level = [sum(o for o, s in zip(own, tb.shares) if s == lv) / 2 for lv in D.SHARES]
+    assert by_level == sorted(by_level), by_level  # graded: the level orders the measured shares
+    assert rec.share()["exemplar_of_own_prompt"] == tb.shares
+
+
+def test_caption_noise_leaves_the_caption_and_moves_the_render(tb):
+    """The caption (digit, style, slant, width) is drawn as without noise; with noise q the render's slant and width
+    bins are each random with probability q, so they match the caption's with probability (q/3 + 1 - q)(q/2 + 1 - q)."""
+    draws = {q: Records(tb, 0.015, tb.shares, caption_noise=q).draw(3000, torch.Generator().manual_seed(3)) for q in (0.0, 0.5)}
+    (x0, c0), (x5, c5) = draws[0.0], draws[0.5]
+    assert torch.equal(c0, c5)
+    ordinary = ~(x0.flatten(1)[:, None] == tb.exemplars.flatten(1)[None]).all(-1).any(1)
+    same = float((x0[ordinary] == x5[ordinary]).flatten(1).all(1).float().mean())
+    assert abs(same - (0.5 / 3 + 0.5) * (0.5 / 2 + 0.5)) < 0.04, same  # 0.5 expected
 
 
 def test_prompts_parse_and_bad_words_are_named():
