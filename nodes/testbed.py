@@ -21,10 +21,12 @@ from ..testbed.sampler import WEIGHTS, read_weights, schedule_betas
 
 CATEGORY = "sampling/memorization-safe/testbed"
 PAPER = ('Testbed for Jain et al., "Classifier-Free Guidance inside the Attraction Basin May Cause Memorization": '
-         "a 16x16 digit model trained on freshly augmented glyphs under 120 prompts; 4 prompts are memorized (one "
-         "fixed exemplar is ~96 % of that prompt's records, 6 % of all records together).")
+         "a 16x16 digit model trained on glyphs freshly augmented in slant, width, rotation, position and size under 120 "
+         "prompts whose captions leave slant and width open (an ordinary record's slant and width words are each random "
+         "with probability 0.8); 10 prompts are memorized at five duplication levels, two per level: one fixed exemplar "
+         "is 35, 50, 66, 80 or 96 % of its own prompt's records, and 1.5 % of all records.")
 SIZE = 16
-DEFAULT_PROMPT = "3 thin left wide"  # a memorized prompt of the shipped data
+DEFAULT_PROMPT = "3 thin left wide"  # a memorized prompt of the shipped data (duplication level 50 %)
 
 
 class ComfyTestbedUNet(TestbedUNet):
@@ -161,7 +163,8 @@ class MemSafeTestbedLoader(io.ComfyNode):
             node_id="MemSafeTestbedLoader", display_name="Memorization Testbed Model", category=CATEGORY,
             description=f"Loads the testbed digit model (eps prediction, 1000-step discrete schedule) as a MODEL, and its "
                         f"prompt encoder as a CLIP for the stock CLIP Text Encode node. {PAPER} "
-                        "Under plain CFG its memorized prompts copy their exemplar; sample it from a 128 x 128 Empty Latent Image.",
+                        "Under plain CFG its memorized prompts often copy their exemplar (how often at each duplication level: "
+                        "testbed/README.md); sample it from a 128 x 128 Empty Latent Image.",
             inputs=[], outputs=[io.Model.Output(tooltip="The testbed digit model (eps prediction): sample it like any "
                                                         "checkpoint's MODEL, from a 128 x 128 Empty Latent Image."),
                                 io.Clip.Output(tooltip="The testbed's text encoder for CLIP Text Encode (or the Memorization "
@@ -176,11 +179,14 @@ class MemSafeTestbedLoader(io.ComfyNode):
 class MemSafeTestbedPrompt(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        memorized = ", ".join(f"'{prompt_text(q)}'" for q in training_data().memorized)
+        tb = training_data()
+        memorized = "; ".join(f"{round(share * 100)} %: " + ", ".join(f"'{prompt_text(q)}'" for q, s in zip(tb.memorized, tb.shares) if s == share)
+                              for share in sorted(set(tb.shares)))
         return io.Schema(
             node_id="MemSafeTestbedPrompt", display_name="Memorization Testbed Prompt", category=CATEGORY,
             description=f"The testbed's text encoder: a digit, a stroke style, a slant and a width become a CONDITIONING. "
-                        f"{PAPER} Memorized prompts: {memorized}; every other combination is clean.",
+                        f"{PAPER} Memorized prompts, by the exemplar's share of the prompt's records: {memorized}; every other "
+                        "combination is clean.",
             inputs=[io.String.Input("text", default=DEFAULT_PROMPT,
                                     tooltip=f"A digit (0-9 or zero..nine), a style ({' / '.join(STYLES)}), a slant "
                                             f"({' / '.join(SLANTS)}) and a width ({' / '.join(WIDTHS)}), any of them optional, "
@@ -299,18 +305,21 @@ def write_png_if_changed(path, image) -> bool:
 class MemSafeTestbedTrainingImages(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
+        tb = training_data()
+        n_refs = len(tb.exemplars) + len(tb.raw) * len(testbed_data.BINS)
         return io.Schema(
             node_id="MemSafeTestbedTrainingImages", display_name="Testbed Training Images (to input folder)", category=CATEGORY,
             description=f"Writes the testbed's training images as PNGs into a folder of ComfyUI's input directory, for "
-                        f"Copy Check's reference_folder: the 4 exemplars and every training glyph at each slant/width bin "
+                        f"Copy Check's reference_folder: the {len(tb.exemplars)} exemplars and every training glyph at each slant/width bin "
                         f"centre (the references testbed.measure compares against), or the held-out glyphs. Files that "
                         f"already hold the same picture are not rewritten. {PAPER}",
             inputs=[io.String.Input("folder", default=TRAINING_FOLDER,
                                     tooltip="Where to write, inside ComfyUI's input directory (created if missing; no '..', "
                                             "no absolute path)."),
                     io.Combo.Input("image_set", options=list(IMAGE_SETS), default=IMAGE_SETS[0],
-                                   tooltip="training: the exemplars and 1397 training glyphs x 6 bin centres (8,386 "
-                                           "files, as the testbed's copy measure uses); held-out: 400 glyphs never trained on."),
+                                   tooltip=f"training: the {len(tb.exemplars)} exemplars and {len(tb.raw)} training glyphs x "
+                                           f"{len(testbed_data.BINS)} bin centres ({n_refs:,} files, as the testbed's copy "
+                                           f"measure uses); held-out: {len(tb.held_raw)} glyphs never trained on."),
                     io.Int.Input("scale", default=8, min=1, max=32,
                                  tooltip="Enlargement of the 16 x 16 images (8 = 128 px, as Testbed Decode's default)."),
                     io.Image.Input("images", optional=True,

@@ -12,6 +12,7 @@ locales/*/main.json names it (tests/build_locales.py).
 """
 from __future__ import annotations
 
+import functools
 import sys
 import textwrap
 
@@ -24,13 +25,29 @@ PROMPT = "the great wave off kanagawa by hokusai"  # a famous, much-duplicated i
 NEGATIVE = ""
 GUIDANCE = {"guidance_before": -2.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
             "latest_percent": 0.5, "detect_threshold": 0.0}
-# The testbed workflow: '4 thin upright narrow' (a memorized prompt), seed 2, batch 4, 50 steps of euler + ddim_uniform,
-# cfg 5; the MemSafe side uses opposite guidance (-2) with the dynamic switch, the row that mitigates on this testbed
-# (the defaults' latest guard, t = 499.5, comes before its basin exit: testbed/README.md). Stock >= 3/4 copies and
-# MemSafe <= 1/4 on 22 of 32 memorized prompt/seed pairs (seeds 0-7); this seed gives 4/4 and 0/4.
-TESTBED = {"prompt": "4 thin upright narrow", "seed": 2, "batch": 4, "steps": 50, "cfg": 5.0}
-TESTBED_GUIDANCE = {"guidance_before": -2.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
-                    "latest_percent": 0.5, "detect_threshold": 0.0}
+# The testbed workflows: stock KSampler beside the CFG KSampler (Memorization-Safe) on one memorized prompt and seed,
+# batch 4, 50 steps of euler + ddim_uniform, cfg 5. Two of them, one per guidance setting, each at a duplication level
+# (the exemplar's share of its prompt's records) taken from the lead's v3 decisions (v3_decisions.json):
+# - "defaults": the pack defaults (zero guidance, dynamic switch) at DEFAULTS_LEVEL, a level where they remove copies;
+# - "opposite": opposite guidance (-2) with the dynamic switch (testbed.reproduce's og_dyn) at OPPOSITE_LEVEL (96 %).
+# The prompt and seed are not chosen by hand: testbed_pick() applies PICK_RULE on the shipped weights at build time.
+DEFAULTS_LEVEL = 0.5
+OPPOSITE_LEVEL = 0.96
+TESTBED_RUN = {"batch": 4, "steps": 50, "cfg": 5.0}
+PICK_SEEDS = range(8)
+PICK_RULE = ("the first (prompt, seed), memorized prompts of the level in the data's order and seeds 0-7, where the stock "
+             "KSampler copies a training image in >= 3 of the batch of 4, the Memorization-Safe one in <= 1, and >= 3 of "
+             "its 4 are still the prompt's digit (copies as the Nearest node counts them: nearest training image above "
+             "testbed.measure.COPY_THRESHOLD)")
+FALLBACK_RULE = ("none met the rule, so the first pair with the fewest Memorization-Safe copies among those where stock "
+                 "copies >= 3 of 4 and >= 3 Memorization-Safe samples are the prompt's digit")
+TESTBED_SETTINGS = {
+    "defaults": {"guidance_before": 0.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
+                 "latest_percent": 0.5, "detect_threshold": 0.0},
+    "opposite": {"guidance_before": -2.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
+                 "latest_percent": 0.5, "detect_threshold": 0.0},
+}
+TESTBED_LEVEL = {"defaults": DEFAULTS_LEVEL, "opposite": OPPOSITE_LEVEL}
 
 
 GUIDE = "Which node and which settings, when: the decision guide in the pack's README."
@@ -124,10 +141,60 @@ def patch_workflow():
     )
 
 
-def testbed_sampling(denoised: bool) -> tuple[list, list]:
+@functools.lru_cache(maxsize=None)
+def testbed_pick(kind: str) -> dict:
+    """PICK_RULE on the shipped weights for TESTBED_SETTINGS[kind] at TESTBED_LEVEL[kind], in plain torch (euler +
+    ddim_uniform = testbed.sampler's DDIM path; the noise drawn as ComfyUI's prepare_noise draws a batch of 4 from the
+    seed): {"prompt", "seed", "level", "stock_copies", "safe_copies", "safe_digit", "qualifying", "tried", ...}.
+    When no pair qualifies: for "defaults" (its title claims the copies go) it raises; for "opposite" it takes
+    FALLBACK_RULE and says so ("met_rule" False), so the workflow shows what the weights do."""
+    import torch
+
+    from testbed import guidance, measure
+    from testbed.data import load
+    from testbed.model import parse_prompt, prompt_text
+    from testbed.sampler import load_unet, sample
+
+    torch.set_num_threads(1)
+    unet, tb = load_unet(), load()
+    meas = measure.Measure(tb, unet.augment)
+    level, t = TESTBED_LEVEL[kind], TESTBED_RUN
+    prompts = [q for q, share in zip(tb.memorized, tb.shares) if share == level]
+    if not prompts:
+        raise SystemExit(f"testbed_pick({kind}): no memorized prompt at level {level} (levels: {sorted(set(tb.shares))})")
+    rows = []
+    for q in prompts:
+        noise = torch.cat([torch.randn((t["batch"], 1, 16, 16), generator=torch.manual_seed(s)) for s in PICK_SEEDS])
+        cond = parse_prompt(prompt_text(q)).expand(len(noise), -1)
+        stock, _ = sample(unet, cond, noise, guidance.GuidanceSettings(transition="off"), t["cfg"], t["steps"])
+        safe, _ = sample(unet, cond, noise, guidance.GuidanceSettings(**TESTBED_SETTINGS[kind]), t["cfg"], t["steps"])
+        per_seed = lambda v: v.view(len(PICK_SEEDS), t["batch"]).sum(1).tolist()  # noqa: E731
+        counts = zip(per_seed(meas.nearest(stock)[0] > measure.COPY_THRESHOLD),
+                     per_seed(meas.nearest(safe)[0] > measure.COPY_THRESHOLD), per_seed(meas.classify(safe) == q[0]))
+        rows += [{"prompt": prompt_text(q), "seed": s, "stock_copies": int(a), "safe_copies": int(b), "safe_digit": int(d)}
+                 for s, (a, b, d) in zip(PICK_SEEDS, counts)]
+    ok = [r for r in rows if r["stock_copies"] >= 3 and r["safe_copies"] <= 1 and r["safe_digit"] >= 3]
+    print(f"testbed_pick({kind}), level {level:.0%}: " + "; ".join(
+        f"{r['prompt']} seed {r['seed']}: {r['stock_copies']}/{r['safe_copies']}/{r['safe_digit']}" for r in rows))
+    if ok:
+        return {**ok[0], "level": level, "qualifying": len(ok), "tried": len(rows), "met_rule": True, **t}
+    if kind == "defaults":
+        raise SystemExit(f"testbed_pick({kind}): no (prompt, seed) at level {level:.0%} meets the rule ({PICK_RULE}); "
+                         "stock/safe/digit counts above. Choose another level (DEFAULTS_LEVEL).")
+    copying = [r for r in rows if r["stock_copies"] >= 3 and r["safe_digit"] >= 3] or rows
+    best = min(copying, key=lambda r: (r["safe_copies"] - r["stock_copies"] if copying is rows else r["safe_copies"]))
+    print(f"testbed_pick({kind}): no pair meets the rule; {FALLBACK_RULE}: {best}")
+    return {**best, "level": level, "qualifying": 0, "tried": len(rows), "met_rule": False, **t}
+
+
+def level_text(level: float) -> str:
+    return f"{round(level * 100)} %"
+
+
+def testbed_sampling(kind: str, denoised: bool) -> tuple[list, list]:
     """The testbed graphs' first two columns: model, prompts and latent (ids 1-4); the stock KSampler (5) beside the
-    Memorization-Safe one (6) on the same seed and settings."""
-    t = TESTBED
+    Memorization-Safe one (6, TESTBED_SETTINGS[kind]) on the pick's prompt and seed and the same settings."""
+    t = testbed_pick(kind)
     sampler = {"seed": t["seed"], "steps": t["steps"], "cfg": t["cfg"], "sampler_name": "euler", "scheduler": "ddim_uniform",
                "denoise": 1.0}
     wired = {"model": (1, 0), "positive": (2, 0), "negative": (3, 0), "latent_image": (4, 0)}
@@ -138,24 +205,59 @@ def testbed_sampling(denoised: bool) -> tuple[list, list]:
              {"id": 4, "type": "EmptyLatentImage", "widgets": {"width": 128, "height": 128, "batch_size": t["batch"]},
               "title": "Empty Latent (16x16 latent)", "size": [360, 170]}],
             [{"id": 5, "type": "KSampler", "widgets": sampler, "inputs": wired, "title": "KSampler (stock CFG)", "size": [380, 360]},
-             {"id": 6, "type": "MemSafeKSampler", "widgets": {**sampler, **TESTBED_GUIDANCE, "curve_layout": "panels",
+             {"id": 6, "type": "MemSafeKSampler", "widgets": {**sampler, **TESTBED_SETTINGS[kind], "curve_layout": "panels",
                                                               "curve_denoised": denoised},
               "inputs": wired, "title": "CFG KSampler (Memorization-Safe)", "size": [400, 780]}])
 
 
-def testbed_workflow():
-    t = TESTBED
-    inputs, samplers = testbed_sampling(denoised=True)
+def memorized_by_level() -> str:
+    """'35 %: 5 bold left wide, 9 thin upright narrow; 50 %: ...' from the shipped data."""
+    from testbed.data import load
+    from testbed.model import prompt_text
+
+    tb = load()
+    return "; ".join(f"{level_text(lv)}: " + ", ".join(prompt_text(q) for q, s in zip(tb.memorized, tb.shares) if s == lv)
+                     for lv in sorted(set(tb.shares)))
+
+
+TESTBED_WHAT = {
+    "defaults": "the pack's defaults (zero guidance, dynamic switch)",
+    "opposite": "opposite guidance (guidance_before -2; the pack's default is 0) and the dynamic switch",
+}
+
+
+def pick_text(t: dict) -> str:
+    """How the prompt and seed were picked (PICK_RULE, or FALLBACK_RULE when no pair met it)."""
+    if t["met_rule"]:
+        return (f"This seed illustrates: it is the first of the level's {t['tried']} prompt/seed pairs (seeds 0-7) where "
+                f"stock copies >= 3 of 4 and Memorization-Safe <= 1 with >= 3 still the digit ({t['qualifying']} of "
+                f"{t['tried']} qualify).")
+    return (f"At this level none of the {t['tried']} prompt/seed pairs (seeds 0-7) has stock copies >= 3 of 4 with "
+            "Memorization-Safe <= 1 and >= 3 still the digit; this seed is the first with the fewest Memorization-Safe "
+            "copies among those where stock copies >= 3.")
+
+
+def testbed_note(kind: str) -> str:
+    t = testbed_pick(kind)
+    digit = t["prompt"].split()[0]
+    other = TESTBED_STEMS["opposite" if kind == "defaults" else "defaults"]
+    return (f"What this shows: the pack's tiny digit model (any CPU) with '{t['prompt']}', a memorized prompt at the "
+            f"{level_text(t['level'])} duplication level (one training image, its exemplar, is {level_text(t['level'])} of "
+            f"that prompt's training records). The stock KSampler copies a training image in {t['stock_copies']} of 4 "
+            f"samples at seed {t['seed']}; the CFG KSampler (Memorization-Safe) with {TESTBED_WHAT[kind]}, on the same seed "
+            f"and settings, in {t['safe_copies']} of 4, and {t['safe_digit']} of 4 are still a {digit}. The Nearest nodes "
+            f"say which samples copy. {pick_text(t)} The copy rates over many seeds, per duplication level and setting, "
+            "are in testbed/README.md.\n\n"
+            f"Change first: the seed, or the prompt (memorized, by level: {memorized_by_level()}; any digit, thin/bold, "
+            f"left/upright/right, narrow/wide). The other testbed template, '{other}', shows "
+            f"{TESTBED_WHAT['opposite' if kind == 'defaults' else 'defaults']} at the {level_text(TESTBED_LEVEL['opposite' if kind == 'defaults' else 'defaults'])} level. " + GUIDE)
+
+
+def testbed_workflow(kind: str = "defaults"):
+    t = testbed_pick(kind)
+    inputs, samplers = testbed_sampling(kind, denoised=True)
     return columns(
-        [note(30, f"What this shows: the pack's tiny digit model (any CPU) with '{t['prompt']}', a prompt it memorized "
-                  "(one training image is ~96 % of that prompt's records). The stock KSampler copies that image in "
-                  f"4 of 4 samples at seed {t['seed']}; the CFG KSampler (Memorization-Safe) with opposite guidance (-2) "
-                  "and the dynamic switch, on the same seed and settings, in 0 of 4, still drawing a 4. The Nearest "
-                  "nodes say which samples copy. This seed illustrates; the testbed's tables give the rates.\n\n"
-                  "Change first: the seed, or the prompt (memorized: 5 bold left wide, 3 thin left wide, 4 thin "
-                  "upright narrow, 0 thin upright narrow; any digit, thin/bold, left/upright/right, narrow/wide). "
-                  "guidance_before 0, the pack's default, removes fewer copies on this model. " + GUIDE, size=(380, 500)),
-         *inputs],
+        [note(30, testbed_note(kind), size=(380, 620)), *inputs],
         samplers,
         [{"id": 7, "type": "MemSafeTestbedDecode", "widgets": {"scale": 8}, "inputs": {"samples": (5, 0)},
           "title": "Decode (stock)", "size": [320, 110]},
@@ -173,14 +275,17 @@ def testbed_workflow():
     )
 
 
-# file stem (= the title the template browser shows) -> (graph, what its thumbnail says)
+# file stem (= the title the template browser shows) of each testbed workflow
+TESTBED_STEMS = {"defaults": "Testbed - stock CFG copies, Memorization-Safe does not (CPU)",
+                 "opposite": "Testbed - opposite guidance at the highest duplication level (CPU)"}
+TESTBED_STEM = TESTBED_STEMS["defaults"]
+# file stem -> (graph, what its thumbnail says; a testbed kind for the testbed workflows)
 WORKFLOWS = {
     "Memorization-Safe KSampler (SD1.5)": (ksampler_workflow, "one node: sampler + guidance-norm curve"),
     "Memorization-Safe Guider with SamplerCustomAdvanced (SD1.5)": (guider_workflow, "GUIDER for SamplerCustomAdvanced + curve node"),
     "Memorization-Safe CFG patch with the stock KSampler (SD1.5)": (patch_workflow, "MODEL patch for any sampler + curve node"),
-    "Testbed - stock CFG copies, Memorization-Safe does not (CPU)": (testbed_workflow, None),
+    **{stem: (functools.partial(testbed_workflow, kind), kind) for kind, stem in TESTBED_STEMS.items()},
 }
-TESTBED_STEM = "Testbed - stock CFG copies, Memorization-Safe does not (CPU)"
 
 
 def save_help_picture(img, name: str) -> None:
@@ -196,8 +301,8 @@ def write_workflows(object_info: dict) -> None:
     write_examples(WORKFLOWS, object_info)
 
 
-def testbed_run():
-    """The testbed workflow's two branches in plain torch (euler + ddim_uniform = testbed.sampler's DDIM path, the
+def testbed_run(kind: str = "defaults"):
+    """A testbed workflow's two branches in plain torch (euler + ddim_uniform = testbed.sampler's DDIM path, the
     noise drawn as ComfyUI's prepare_noise draws a batch): (stock x0, MemSafe x0, MemSafe trace, copy flags)."""
     import torch
 
@@ -206,28 +311,30 @@ def testbed_run():
     from testbed.model import parse_prompt
     from testbed.sampler import load_unet, sample
 
-    t = TESTBED
+    t = testbed_pick(kind)
     unet, tb = load_unet(), load()
     noise = torch.randn((t["batch"], 1, 16, 16), generator=torch.manual_seed(t["seed"]))
     prompts = parse_prompt(t["prompt"]).expand(t["batch"], -1)
     stock, _ = sample(unet, prompts, noise, guidance.GuidanceSettings(transition="off"), t["cfg"], t["steps"])
-    safe, trace = sample(unet, prompts, noise, guidance.GuidanceSettings(**TESTBED_GUIDANCE), t["cfg"], t["steps"])
-    meas = measure.Measure(tb)
+    safe, trace = sample(unet, prompts, noise, guidance.GuidanceSettings(**TESTBED_SETTINGS[kind]), t["cfg"], t["steps"])
+    meas = measure.Measure(tb, unet.augment)
     copies = [meas.nearest(x)[0] > measure.COPY_THRESHOLD for x in (stock, safe)]
     return stock, safe, trace, copies
 
 
 def write_thumbnails(size: int = 512) -> None:
-    """One 512 x 512 jpg per workflow, from a real testbed run: the testbed's shows both branches' samples and a
+    """One 512 x 512 jpg per workflow, from a real testbed run: each testbed one shows both branches' samples and a
     MemSafe curve; the SD1.5 ones show the title over a real testbed curve (no SD1.5 checkpoint here) and say so."""
     from PIL import Image, ImageDraw
 
     from guidance.copy_report import font
     from testbed import guidance
 
-    stock, safe, trace, (stock_copy, safe_copy) = testbed_run()
-    curve = Image.fromarray((guidance.render_curves(trace, "panels", denoised=True)[0].numpy() * 255).astype("uint8"))
-    save_help_picture(curve, "testbed-curve.png")  # the help pages' picture (js/docs/ is served)
+    runs = {kind: testbed_run(kind) for kind in TESTBED_STEMS}
+    curves = {kind: Image.fromarray((guidance.render_curves(r[2], "panels", denoised=True)[0].numpy() * 255).astype("uint8"))
+              for kind, r in runs.items()}
+    save_help_picture(curves["defaults"], "testbed-curve.png")  # the help pages' picture (js/docs/ is served)
+    shown = testbed_pick("defaults")
 
     def digits(x, flags, cell):
         row = Image.new("RGB", (cell * len(x) + 6 * (len(x) - 1), cell), (255, 255, 255))
@@ -241,18 +348,23 @@ def write_thumbnails(size: int = 512) -> None:
     for name, (_, what) in WORKFLOWS.items():
         img = Image.new("RGB", (size, size), (250, 250, 252))
         d = ImageDraw.Draw(img)
-        if what is None:  # the testbed: the real samples of both branches, then the curve
-            d.text((16, 10), f"'{TESTBED['prompt']}', seed {TESTBED['seed']}: stock CFG", font=font(20), fill=(30, 30, 30))
+        if what in TESTBED_STEMS:  # a testbed workflow: the real samples of both branches, then the curve
+            stock, safe, _, (stock_copy, safe_copy) = runs[what]
+            t, curve = testbed_pick(what), curves[what]
+            d.text((16, 10), f"'{t['prompt']}' ({level_text(t['level'])}), seed {t['seed']}: stock CFG", font=font(20),
+                   fill=(30, 30, 30))
             d.text((16, 34), f"{int(stock_copy.sum())}/{len(stock_copy)} copy a training image (red)", font=font(17),
                    fill=(214, 39, 40))
             img.paste(digits(stock, stock_copy.tolist(), 84), (16, 58))
-            d.text((16, 150), "Memorization-Safe KSampler", font=font(20), fill=(30, 30, 30))
+            label = "defaults" if what == "defaults" else "opposite -2"
+            d.text((16, 150), f"Memorization-Safe KSampler, {label}", font=font(20), fill=(30, 30, 30))
             d.text((16, 174), f"{int(safe_copy.sum())}/{len(safe_copy)} copies", font=font(17), fill=(44, 130, 44))
             img.paste(digits(safe, safe_copy.tolist(), 84), (16, 198))
             h = size - 292
             c = curve.resize((int(h * curve.width / curve.height), h), Image.LANCZOS)
             img.paste(c, ((size - c.width) // 2, 288))
         else:
+            curve = curves["defaults"]
             y = 18
             for line in textwrap.wrap(name, 28):
                 d.text((20, y), line, font=font(30), fill=(30, 30, 30))
@@ -260,10 +372,10 @@ def write_thumbnails(size: int = 512) -> None:
             d.text((20, y + 4), what, font=font(18), fill=(90, 90, 90))
             c = curve.resize((size - 24, int((size - 24) * curve.height / curve.width)), Image.LANCZOS)
             img.paste(c, (12, size - c.height - 40))
-            d.text((20, size - 32), f"the curve shown: a real run of the pack's testbed model ('{TESTBED['prompt']}', seed {TESTBED['seed']})",
+            d.text((20, size - 32), f"the curve shown: a real run of the pack's testbed model ('{shown['prompt']}', seed {shown['seed']})",
                     font=font(13), fill=(110, 110, 110))
         img.save(OUT / f"{name}.jpg", quality=88, optimize=True)
-        if what is None:
+        if what == "defaults":
             save_help_picture(img.crop((0, 0, size, 288)), "testbed-samples.png")
         print(f"wrote example_workflows/{name}.jpg")
 

@@ -17,17 +17,19 @@ from workflows import CKPT, EXAMPLES as OUT, cli, columns, write_examples
 REPO = OUT.parent
 HELP_IMAGES = REPO / "js" / "docs"
 
-# The testbed: scan the memorized prompts and their clean siblings; the clean reference list is eight other clean
-# prompts, of digits none of the scanned prompts has (prompt-disjoint from the scanned ones).
+# The testbed: scan testbed.scan_eval's broad evaluation list (the memorized prompts, their clean siblings and 20 other
+# clean prompts: every digit, style, slant and width) and calibrate on its calibration clean list (20 clean prompts,
+# disjoint from the broad list). Both come from scan_eval.scan_lists, a fixed rule on the data.
 sys.path.insert(0, str(REPO))  # the repo's testbed/ (plain torch) by name
 from testbed.data import load as _load_testbed  # noqa: E402
 from testbed.model import prompt_text  # noqa: E402
+from testbed.scan_eval import scan_lists  # noqa: E402
 
 _TB = _load_testbed()
+_CAL, _OTHER = scan_lists(_TB.memorized, _TB.clean)
 TB_MEMORIZED = [prompt_text(q) for q in _TB.memorized]
-TB_CLEAN_SCANNED = [prompt_text(q) for q in _TB.clean]
-TB_CLEAN_REFERENCE = ["1 thin upright narrow", "2 bold left wide", "6 bold right narrow", "7 thin right wide",
-                      "8 bold upright wide", "9 thin left narrow", "1 bold right wide", "2 thin upright narrow"]
+TB_CLEAN_SCANNED = [prompt_text(q) for q in _TB.clean + _OTHER]  # the siblings, then the other clean prompts
+TB_CLEAN_REFERENCE = [prompt_text(q) for q in _CAL]
 TESTBED_SCAN = {"prompts": "\n".join(TB_MEMORIZED + TB_CLEAN_SCANNED), "negative": "", "seeds_per_prompt": 8, "first_seed": 0,
                 "width": 128, "height": 128, "scheduler": "ddim_uniform", "steps": 50, "score": "norm",
                 "clean_prompts": "\n".join(TB_CLEAN_REFERENCE), "false_positive_rate": 0.05, "memorized_prompts": ""}
@@ -54,13 +56,17 @@ def testbed_scan_workflow():
                "guidance_before": 0.0, "transition": "dynamic", "switch_percent": 0.5, "earliest_percent": 0.0,
                "latest_percent": 0.5, "detect_threshold": TESTBED_THRESHOLD, "curve_layout": "panels"}
     return columns(
-        [note(30, "What this shows: the Memorization Scan ranks the testbed's 4 memorized prompts and their 4 clean "
-              "siblings by first-step guidance norm (8 seeds each), and calibrates detect_threshold on 8 other clean "
-              f"prompts at a 5 % false-positive rate ({TESTBED_THRESHOLD} here). Below, the CFG KSampler "
-              "(Memorization-Safe) uses that threshold: flagged samples get the transition, the others plain CFG.\n\n"
+        [note(30, f"What this shows: the Memorization Scan ranks {len(TB_MEMORIZED) + len(TB_CLEAN_SCANNED)} testbed "
+              f"prompts by first-step guidance norm (8 seeds each): the {len(TB_MEMORIZED)} memorized prompts (two at each "
+              f"of five duplication levels, 35-96 %), their {len(_TB.clean)} clean siblings and {len(_OTHER)} other clean "
+              "prompts covering every digit, style, slant and width. It calibrates detect_threshold on a disjoint list of "
+              f"{len(TB_CLEAN_REFERENCE)} clean prompts at a 5 % false-positive rate ({TESTBED_THRESHOLD} here). On this "
+              "testbed how well the norm separates memorized from clean prompts at each duplication level is measured "
+              "in testbed/README.md. Below, the CFG KSampler (Memorization-Safe) uses that "
+              "threshold: flagged samples get the transition, the others plain CFG.\n\n"
               "Change first: the prompts list (for your own model: its training captions, one per line) and the clean "
               "list (prompts you know are clean); then type the scan's detect_threshold into the sampler, with the "
-              "scan's scheduler and steps. " + GUIDE, size=(380, 440)),
+              "scan's scheduler and steps. " + GUIDE, size=(380, 560)),
          {"id": 1, "type": "MemSafeTestbedLoader", "size": [380, 100], "title": "Testbed model + text encoder"},
          {"id": 6, "type": "CLIPTextEncode", "widgets": {"text": "3 thin left wide"}, "inputs": {"clip": (1, 1)},
           "title": "Prompt (stock CLIP Text Encode)", "size": [380, 150]},

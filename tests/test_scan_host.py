@@ -224,6 +224,30 @@ def test_testbed_scan_workflow_runs_on_a_real_server(comfy_server):
     thr = next(t for t in texts.values() if t != report and not t.startswith("Memorization scan"))
     assert float(thr) > 0
     assert any("images" in o for o in outs.values())
+    # the sampler beside the scan carries this threshold, rounded to 4 places (another CPU moves it ~1e-8)
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "MemSafeKSampler")
+    assert abs(to_api(workflow, info)[str(sampler["id"])]["inputs"]["detect_threshold"] - float(thr)) <= 5e-5 + 1e-7
+
+
+def test_testbed_scan_workflow_scans_the_broad_list_and_calibrates_on_the_disjoint_clean_list():
+    """testbed.scan_eval.scan_lists: the broad list (memorized, their siblings, other clean prompts) is scanned, the
+    calibration clean list (no memorized prompt, no sibling, nothing scanned) sets the threshold."""
+    import json
+    from pathlib import Path
+
+    from memsafe_cfg.testbed.data import load
+    from memsafe_cfg.testbed.model import prompt_text
+    from memsafe_cfg.testbed.scan_eval import scan_lists
+
+    tb = load()
+    cal, other = scan_lists(tb.memorized, tb.clean)
+    path = Path(__file__).resolve().parents[1] / "example_workflows" / f"{TESTBED_WORKFLOW}.json"
+    scan = next(n for n in json.loads(path.read_text())["nodes"] if n["type"] == "MemSafeMemorizationScan")
+    texts = [v for v in scan["widgets_values"] if isinstance(v, str) and "\n" in v]
+    scanned, clean = (set(t.splitlines()) for t in texts[:2])
+    assert scanned == {prompt_text(p) for p in tb.memorized + tb.clean + other}
+    assert clean == {prompt_text(p) for p in cal} and not clean & scanned
+    assert not clean & {prompt_text(p) for p in tb.memorized}
 
 
 @pytest.mark.parametrize("kind", ["eps", "v", "flow", "video"])

@@ -16,10 +16,15 @@ from memsafe_cfg.testbed.reproduce import Batch, step_percent
 from memsafe_cfg.testbed.train import Records
 
 torch.set_num_threads(1)
-CFG, STEPS, SEEDS = 5.0, 50, range(3)
+CFG, STEPS, SEEDS = 5.0, 50, range(2)
+# The duplication levels at which plain CFG copies its own exemplar in >= 60 % of samples (testbed/README.md, the v3
+# table pooled over training seeds): the copy and mitigation checks below pool these levels' samples.
+COPYING_LEVELS = (0.35, 0.5, 0.66, 0.8)
 OFF = GuidanceSettings(transition="off")
 DEFAULTS = GuidanceSettings()  # the pack's defaults: zero guidance, dynamic switch, latest guard t = 499.5
-OG_DYN = GuidanceSettings(-2.0, "dynamic", earliest_percent=0.0, latest_percent=0.5)  # the row that mitigates here
+# opposite guidance until t = 650 (the paper's OG + STP; reproduce's og_t650): on the v3 pilot P4 it copied 0-19 % per
+# level against plain CFG's 69-94 % at the copying levels, with alignment kept (artifacts/v3pilot/rep_p4.json)
+OG_T650 = GuidanceSettings(-2.0, "static", switch_percent=0.35)
 # The shipped exemplars were rendered on another CPU, and another vector path rounds the renderer's float32 math
 # differently: measured 1.19e-7 on an AMD EPYC (AVX2), up to 7.2e-7 with ATEN_CPU_CAPABILITY=default on an Intel Xeon.
 # A render lies in [-1, 1], where a float32 step is at most 1.19e-7, so this is 84 steps; a render 0.01 px off is
@@ -55,9 +60,10 @@ def unet():
 
 @pytest.fixture(scope="module")
 def runs(tb, unet):
-    """Plain CFG and the pack defaults on the 4 memorized prompts and their clean siblings, 3 seeds each."""
+    """Plain CFG, the pack defaults and opposite guidance until t = 650 on the memorized prompts and their clean
+    siblings, 2 seeds each."""
     b = Batch.of(tb, tb.memorized + tb.clean, SEEDS)
-    runs = (("cfg", OFF), ("defaults", DEFAULTS), ("og_dyn", OG_DYN))
+    runs = (("cfg", OFF), ("defaults", DEFAULTS), ("og_t650", OG_T650))
     return b, {name: S.sample(unet, b.prompts, b.noise, s, CFG, STEPS) for name, s in runs}
 
 
@@ -167,12 +173,14 @@ def test_step_percent_lands_the_static_switch_on_each_step():
 def test_plain_cfg_copies_its_own_exemplar_and_opposite_guidance_does_not(runs, meas):
     b, out = runs
     thr = M.COPY_THRESHOLD
-    own = {k: float((meas.exemplar_similarity(x[b.mem], b.exemplar[b.mem]) > thr).float().mean()) for k, (x, _) in out.items()}
+    at = b.mem & torch.isin(b.level, torch.tensor(COPYING_LEVELS))  # the memorized samples at the levels that copy
+    assert int(at.sum()) == 2 * len(COPYING_LEVELS) * len(SEEDS)
+    own = {k: float((meas.exemplar_similarity(x[at], b.exemplar[at]) > thr).float().mean()) for k, (x, _) in out.items()}
     assert own["cfg"] >= 0.6, f"plain CFG copied its exemplar in only {own['cfg']:.0%}: the testbed lost its memorization"
-    assert own["og_dyn"] <= own["cfg"] / 2, f"OG+DTP copied {own['og_dyn']:.0%} vs plain CFG {own['cfg']:.0%}: the core no longer mitigates"
-    assert own["defaults"] < own["cfg"]  # the defaults mitigate less here (their guard comes before the basin exit)
+    assert own["og_t650"] <= own["cfg"] / 2, f"OG+STP copied {own['og_t650']:.0%} vs plain CFG {own['cfg']:.0%}: the core no longer mitigates"
+    assert own["defaults"] < own["cfg"]
     align = {k: float((meas.classify(x[b.mem]) == b.digit[b.mem]).float().mean()) for k, (x, _) in out.items()}
-    assert align["og_dyn"] >= align["cfg"] - 0.35 and align["defaults"] >= align["cfg"] - 0.1
+    assert align["og_t650"] >= align["cfg"] - 0.1 and align["defaults"] >= align["cfg"] - 0.1
 
 
 def test_clean_prompts_copy_no_exemplar(runs, meas):

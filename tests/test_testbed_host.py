@@ -1,8 +1,10 @@
-"""The shipped side-by-side workflow on a real ComfyUI server: the stock KSampler copies the memorized exemplar,
-the CFG KSampler (Memorization-Safe) on the same seeds does not."""
+"""The shipped side-by-side testbed workflows on a real ComfyUI server: the stock KSampler copies the memorized
+exemplar, the CFG KSampler (Memorization-Safe) on the same seeds does not (pack defaults), and each workflow's note
+states the counts that ComfyUI then shows (opposite guidance at the highest duplication level)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,11 @@ import torch
 from workflows import to_api
 
 pytestmark = pytest.mark.host
-WORKFLOW = Path(__file__).resolve().parents[1] / "example_workflows" / "Testbed - stock CFG copies, Memorization-Safe does not (CPU).json"
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+# tests/build_example_workflows.py's TESTBED_STEMS (not imported: the builder loads the testbed data at import)
+WORKFLOWS = {"defaults": EXAMPLES / "Testbed - stock CFG copies, Memorization-Safe does not (CPU).json",
+             "opposite": EXAMPLES / "Testbed - opposite guidance at the highest duplication level (CPU).json"}
+WORKFLOW = WORKFLOWS["defaults"]
 
 
 def nearest_report(entry: dict, node_id: str) -> list[dict]:
@@ -21,19 +27,36 @@ def nearest_report(entry: dict, node_id: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def ran(comfy_server):
-    workflow = json.loads(WORKFLOW.read_text())
-    api = to_api(workflow, comfy_server.get("/object_info"))
-    return workflow, api, comfy_server.run_prompt(api)
+def runs(comfy_server):
+    out = {}
+    for kind, path in WORKFLOWS.items():
+        workflow = json.loads(path.read_text())
+        api = to_api(workflow, comfy_server.get("/object_info"))
+        out[kind] = (workflow, api, comfy_server.run_prompt(api))
+    return out
+
+
+@pytest.fixture
+def ran(runs):
+    return runs["defaults"]
+
+
+def stated_counts(workflow) -> tuple[int, int, bool]:
+    """(stock copies, Memorization-Safe copies, whether the pick met the builder's rule) as the note states them."""
+    text = next(n["widgets_values"][0] for n in workflow["nodes"] if n["type"] == "Note")
+    m = re.search(r"copies a training image in (\d) of 4 samples at seed \d+;.*?, in (\d) of 4", text, re.S)
+    assert m, text
+    return int(m[1]), int(m[2]), "This seed illustrates" in text
 
 
 def node_of(workflow, type_, title_part=""):
     return next(str(n["id"]) for n in workflow["nodes"] if n["type"] == type_ and title_part in n.get("title", ""))
 
 
-def test_workflow_is_listed_as_a_template(comfy_server):
+@pytest.mark.parametrize("kind", list(WORKFLOWS))
+def test_workflow_is_listed_as_a_template(comfy_server, kind):
     templates = comfy_server.get("/workflow_templates")
-    assert any(WORKFLOW.stem in names for names in templates.values())
+    assert any(WORKFLOWS[kind].stem in names for names in templates.values())
 
 
 def test_stock_branch_copies_and_memsafe_branch_does_not(ran):
@@ -48,15 +71,39 @@ def test_stock_branch_copies_and_memsafe_branch_does_not(ran):
     assert sum(r["classified_digit"] == digit for r in safe) >= len(safe) - 1  # still the requested digit
 
 
-def test_same_seeds_and_settings_on_both_branches(ran):
-    workflow, api, _ = ran
+@pytest.mark.parametrize("kind", list(WORKFLOWS))
+def test_each_workflow_shows_the_counts_its_note_states(runs, kind):
+    """The note's counts were computed by the builder in plain torch; ComfyUI's run may differ by float rounding, so
+    one sample per branch either way. Where the pick met the rule, the copies are at least halved."""
+    workflow, _, entry = runs[kind]
+    stock = sum(r["copy"] for r in nearest_report(entry, node_of(workflow, "MemSafeTestbedNearest", "stock")))
+    safe = sum(r["copy"] for r in nearest_report(entry, node_of(workflow, "MemSafeTestbedNearest", "Memorization-Safe")))
+    said_stock, said_safe, met_rule = stated_counts(workflow)
+    assert abs(stock - said_stock) <= 1 and abs(safe - said_safe) <= 1, (kind, stock, safe, said_stock, said_safe)
+    if met_rule:
+        assert stock >= 3 and safe <= stock // 2, (kind, stock, safe)
+    assert kind != "defaults" or met_rule  # the defaults workflow's title claims it
+
+
+def test_defaults_workflow_uses_the_pack_defaults_and_the_other_opposite_guidance(runs):
+    for kind, before in (("defaults", 0.0), ("opposite", -2.0)):
+        workflow, api, _ = runs[kind]
+        safe = api[node_of(workflow, "MemSafeKSampler")]["inputs"]
+        keys = ("guidance_before", "transition", "earliest_percent", "latest_percent", "detect_threshold")
+        assert tuple(safe[k] for k in keys) == (before, "dynamic", 0.0, 0.5, 0.0), kind
+
+
+@pytest.mark.parametrize("kind", list(WORKFLOWS))
+def test_same_seeds_and_settings_on_both_branches(runs, kind):
+    workflow, api, _ = runs[kind]
     stock, safe = api[node_of(workflow, "KSampler")]["inputs"], api[node_of(workflow, "MemSafeKSampler")]["inputs"]
     for key in ("seed", "steps", "cfg", "sampler_name", "scheduler", "latent_image", "positive", "negative", "model"):
         assert stock[key] == safe[key], key
 
 
-def test_curve_and_images_are_shown(ran):
-    workflow, _, entry = ran
+@pytest.mark.parametrize("kind", list(WORKFLOWS))
+def test_curve_and_images_are_shown(runs, kind):
+    workflow, _, entry = runs[kind]
     for node in workflow["nodes"]:
         if node["type"] in ("PreviewImage", "SaveImage"):
             images = entry["outputs"][str(node["id"])]["images"]
