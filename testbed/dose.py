@@ -17,7 +17,7 @@ from . import measure as M
 from . import guidance
 
 log = logging.getLogger("testbed.dose")
-SHOWN = ("cfg", "zero_dyn", "zero_t500", "og_dyn", "detect_og", "og_t500")  # the lines drawn; every row is tabled
+SHOWN = ("cfg", "zero_dyn", "zero_t500", "og_t650", "og_dyn", "detect_og", "og_t500")  # the lines drawn; every row is tabled
 WIDTH, HEIGHT, LEFT, RIGHT, TOP, BOTTOM = 760, 440, 44, 230, 46, 56
 
 
@@ -42,10 +42,27 @@ def pool(reports: list) -> dict:
     return out
 
 
+def comfy_rows(report: dict, sampler: str) -> dict:
+    """A `comfy_eval --json` report's rows for one sampler ("dpmpp_2m:karras"), in reproduce's shape (for `pool`)."""
+    name, sched = sampler.split(":")
+    run = next(r for r in report["samplers"] if (r["sampler"], r["scheduler"]) == (name, sched))
+    rows = []
+    for e in run["rows"]:
+        lv = {f"{round(100 * float(k))}": {"exemplar_copy_rate": g["memorized"]["own_copy_rate"], "n": g["memorized"]["n"],
+                                          "align": g["memorized"]["align"], "copy_rate": g["memorized"]["copy_rate"]}
+              for k, g in e["levels"].items() if k != "all"}
+        cl = [g["clean"] for k, g in e["levels"].items() if k != "all"]
+        n = sum(c["n"] for c in cl)
+        rows.append({"key": e["key"], "method": e["method"], "levels": lv,
+                     "clean": {"n": n, "copy_rate": sum(c["copy_rate"] * c["n"] for c in cl) / n,
+                               "align": sum(c["align"] * c["n"] for c in cl) / n}})
+    return {"rows": rows}
+
+
 def verdicts(pooled: dict, halve: str = "zero_dyn", mem_budget: float = 0.03, clean_budget: float = 0.02) -> dict:
     """Per level: does `halve` at least halve plain CFG's own-exemplar copies within the alignment budgets (the
     pre-registered must, at levels where plain CFG copies >= 60 %)."""
-    cfg, m = pooled["cfg"], pooled[halve]
+    cfg, m = pooled["cfg"] if "cfg" in pooled else pooled["stock"], pooled[halve]
     out = {}
     for lv, c in cfg["levels"].items():
         d = m["levels"][lv]
@@ -58,8 +75,8 @@ def verdicts(pooled: dict, halve: str = "zero_dyn", mem_budget: float = 0.03, cl
 
 
 def table(pooled: dict) -> str:
-    levels = list(pooled["cfg"]["levels"])
-    n = pooled["cfg"]["levels"][levels[0]]["n"]
+    levels = list(next(iter(pooled.values()))["levels"])
+    n = next(iter(pooled.values()))["levels"][levels[0]]["n"]
     lines = ["| method | " + " | ".join(f"{lv} %" for lv in levels) + " | mem. align % by level | clean align % |",
              "|---|" + "---|" * (len(levels) + 2)]
     for key, row in pooled.items():
@@ -75,7 +92,7 @@ def picture(pooled: dict, title: str) -> Image.Image:
     d = ImageDraw.Draw(img)
     font, small = guidance.render._font(14), guidance.render._font(11)
     x0, x1, y0, y1 = LEFT, WIDTH - RIGHT, HEIGHT - BOTTOM, TOP
-    levels = list(pooled["cfg"]["levels"])
+    levels = list(next(iter(pooled.values()))["levels"])
     xs = [x0 + 20 + (x1 - x0 - 40) * i / max(len(levels) - 1, 1) for i in range(len(levels))]
     y = lambda v: y0 - (y0 - y1) * v  # noqa: E731
     for v in (0, 0.25, 0.5, 0.75, 1.0):
@@ -106,13 +123,17 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("reports", nargs="+", help="reproduce --json files, one per training seed")
     p.add_argument("--png", default=None, help="write the dose-response picture here")
-    p.add_argument("--title", default="Testbed v3: own-exemplar copies by duplication level (cfg 5, DDIM 50)")
+    p.add_argument("--title", default="Testbed v3: own-exemplar copies by duplication level (cfg 5, DDIM 50; training seeds pooled)")
     p.add_argument("--json", default=None, help="write the pooled counts and verdicts here")
+    p.add_argument("--comfy", default=None, help="the reports are `comfy_eval --json` files: pool this sampler "
+                   "(e.g. dpmpp_2m:karras)")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     reports = [json.loads(Path(f).read_text()) for f in a.reports]
+    if a.comfy:
+        reports = [comfy_rows(r, a.comfy) for r in reports]
     pooled = pool(reports)
-    v = verdicts(pooled)
+    v = verdicts(pooled, "defaults" if a.comfy else "zero_dyn")
     print(table(pooled))
     for lv, e in v.items():
         print(f"level {lv} %: plain CFG {100 * e['cfg_copies']:.0f} % -> defaults {100 * e['copies']:.0f} %; alignment lost "

@@ -10,7 +10,7 @@ from .data import AUGMENT, Augment, TestbedData, centered
 
 # The copy threshold `python -m testbed.reproduce` calibrates on the shipped weights (fewer than 1 % of fresh clean
 # plain-CFG samples exceed it; see testbed/README.md); the Nearest Training Image node's default.
-COPY_THRESHOLD = 0.965
+COPY_THRESHOLD = 0.990
 KNN = 5
 TIE = 1e-6  # similarities this close are one image up to float rounding (float32 products of unit vectors)
 

@@ -43,7 +43,7 @@ MITIGATIONS = [k for k, _, _ in ROWS[2:]]
 ZERO_ALL = G(0.0, "static", switch_percent=1.0)  # zero guidance at every step: the basin as the paper plots it
 REPO = Path(__file__).resolve().parents[1]
 CAL_FLOOR, CAL_DETECT, CAL_PICK, FRESH_UNCOND = 10_000, 20_000, 30_000, 40_000  # seed bases, disjoint from 0..seeds
-DEFAULT_SEEDS, FULL_SEEDS = 6, 16
+DEFAULT_SEEDS, FULL_SEEDS = 8, 16
 
 
 @dataclasses.dataclass

@@ -44,3 +44,20 @@ def test_picture_draws_a_line_per_method():
     assert img.size == (dose.WIDTH, dose.HEIGHT)
     colors = {c for _, c in img.getcolors(1 << 16)}
     assert dose.guidance.render.COLORS[0] in colors and dose.guidance.render.COLORS[1] in colors
+
+
+def test_comfy_eval_reports_pool_like_reproduce_reports():
+    def lv(own, n, align, clean_align):
+        return {"memorized": {"n": n, "own_copy_rate": own, "copy_rate": own, "align": align},
+                "clean": {"n": n, "copy_rate": 0.0, "align": clean_align}}
+    run = {"sampler": "euler", "scheduler": "normal", "rows": [
+        {"key": "stock", "method": "stock", "levels": {"0.35": lv(0.5, 8, 1.0, 1.0), "0.96": lv(1.0, 8, 1.0, 0.5), "all": {}}},
+        {"key": "defaults", "method": "defaults", "levels": {"0.35": lv(0.25, 8, 1.0, 1.0), "0.96": lv(0.5, 8, 1.0, 0.5), "all": {}}}]}
+    other = dict(run, sampler="dpmpp_2m", rows=[])
+    rows = dose.comfy_rows({"samplers": [other, run]}, "euler:normal")["rows"]
+    assert [r["key"] for r in rows] == ["stock", "defaults"] and list(rows[0]["levels"]) == ["35", "96"]
+    assert rows[0]["clean"]["n"] == 16 and rows[0]["clean"]["align"] == pytest.approx(0.75)
+    p = dose.pool([{"rows": rows}, {"rows": rows}])
+    assert (p["stock"]["levels"]["96"]["k"], p["stock"]["levels"]["96"]["n"]) == (16, 16)
+    v = dose.verdicts(p, "defaults")
+    assert v["96"]["halved"] and not v["35"]["eligible"]  # 100 -> 50 halves; plain 50 % is under 60 %
