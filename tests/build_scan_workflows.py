@@ -48,7 +48,7 @@ SD_SCAN = {"prompts": "\n".join(SD_PROMPTS), "negative": "", "seeds_per_prompt":
            "false_positive_rate": 0.05, "memorized_prompts": ""}
 
 
-TESTBED_THRESHOLD = 0.0246  # this workflow's scan output, rounded (write_thumbnails prints the exact value)
+TESTBED_THRESHOLD = 0.0137  # this workflow's scan output, rounded (write_thumbnails prints the exact value)
 
 
 def testbed_scan_workflow():
