@@ -67,13 +67,29 @@ LAYERS = [  # (folder, what it must never reach: pack folders, and top-level mod
 HOST_SCRIPTS = {"testbed/comfy_eval.py"}
 
 
+def imports_module(path: Path, name: str, source: str = "") -> bool:
+    """``path`` imports module ``name``: an import statement, or a dotted string naming it (importlib by name)."""
+    for node in ast.walk(ast.parse(source or path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and (name in (node.module or "").split(".") or any(a.name == name for a in node.names)):
+            return True
+        if isinstance(node, ast.Import) and any(name in a.name.split(".") for a in node.names):
+            return True
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.split(".")[-1] == name and " " not in node.value:
+            return True
+    return False
+
+
 def test_host_scripts_are_imported_by_nothing_in_the_pack():
     for path in sorted(REPO.glob("*.py")) + [p for f in ("guidance", "nodes", "testbed") for p in (REPO / f).rglob("*.py")]:
         if str(path.relative_to(REPO)) in HOST_SCRIPTS:
             continue
         for script in HOST_SCRIPTS:
-            name = Path(script).stem
-            assert name not in path.read_text(), f"{path.relative_to(REPO)} names the host-side script {script}"
+            assert not imports_module(path, Path(script).stem), f"{path.relative_to(REPO)} imports the host-side script {script}"
+    probe = REPO / "testbed" / "probe.py"  # never written: the checker itself must see each way of importing it
+    for src in ("from . import comfy_eval\n", "from .comfy_eval import main\n", "import memsafe_cfg.testbed.comfy_eval\n",
+                "importlib.import_module('memsafe_cfg.testbed.comfy_eval')\n"):
+        assert imports_module(probe, "comfy_eval", src), src
+    assert not imports_module(probe, "comfy_eval", '"""pools `comfy_eval --json` reports"""\n')
 
 
 @pytest.mark.parametrize("folder, pack_forbidden, top_forbidden", LAYERS, ids=[f for f, _, _ in LAYERS])
