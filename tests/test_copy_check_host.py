@@ -163,11 +163,12 @@ def test_model_free_descriptor_flags_the_testbeds_copies(dirs):
     model, clip = (lambda o: o.args if hasattr(o, "args") else o.result)(MemSafeTestbedLoader.execute())
     (neg,) = comfy_nodes.CLIPTextEncode().encode(clip, "")
     samples = []
-    for text in ("3 thin left wide", "3 thin upright narrow"):
+    # a memorized prompt (50 %) and its clean sibling, on the seed the defaults workflow shows (stock: 3 of 4 copies)
+    for text in ("6 bold left wide", "6 bold upright narrow"):
         (pos,) = comfy_nodes.CLIPTextEncode().encode(clip, text)
         latent = torch.zeros(4, 1, 16, 16)
-        samples.append(comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), 50, 5.0, "euler", "ddim_uniform",
-                                           pos, neg, latent, seed=0, disable_pbar=True))
+        samples.append(comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 4), 50, 5.0, "euler", "ddim_uniform",
+                                           pos, neg, latent, seed=4, disable_pbar=True))
     x = torch.cat(samples).float()
     tb_sim, _ = training_measure().nearest(x)
     tb_copy = tb_sim > measure.COPY_THRESHOLD
@@ -175,7 +176,7 @@ def test_model_free_descriptor_flags_the_testbeds_copies(dirs):
     pairs, report, mx, copies = run(to_image(x, 8), folder, threshold=0.960)
     flags = torch.tensor([("COPY" in ln) for ln in report.splitlines() if ln.startswith("output ")])
     assert flags[tb_copy].all() and not flags[4:].any(), report  # every testbed copy flagged, no clean sample
-    assert copies == int(flags.sum()) and pairs.shape[0] == 8 and "exemplar_1_3_thin_left_wide" in report
+    assert copies == int(flags.sum()) and pairs.shape[0] == 8 and "exemplar_6_6_bold_left_wide" in report
 
 
 # -- bad input: one test each, all refused before anything is read ------------------------------------------------------
