@@ -3,18 +3,20 @@ ComfyUI's input and user directories in a temporary folder.
 
     COMFYUI_PATH=/path/to/ComfyUI python tests/copy_check_eval.py [--json out.json]      # about 2 min on one core
 
-It lives in tests/ (with host.py) because testbed/ never imports the pack's nodes. Steps:
-1. Testbed Training Images (to input folder) writes the training set (4 exemplars + 1397 training glyphs x 6 bin
-   centres = 8,386 PNGs, the references testbed.measure compares against) into input/.
+It lives in tests/ (with host.py) because testbed/ never imports the pack's nodes. The published figures
+(docs/copy-check.md) were measured on the v2 testbed (4 memorized prompts, threshold 0.965); v3 (10 memorized prompts,
+8,392 references, floor 0.990) has not been measured with it. Steps:
+1. Testbed Training Images (to input folder) writes the training set (the exemplars + 1397 training glyphs x 6 bin
+   centres, the references testbed.measure compares against) into input/.
 2. Samples, 50 steps euler + ddim_uniform, cfg 5, decoded by Testbed Decode (scale 8, 128 px), each prompt's conditioning
-   in one batch: the stock KSampler and the CFG KSampler (Memorization-Safe, pack defaults) on the 4 memorized prompts
-   and their 4 clean siblings (16 samples each, seed 0); the stock KSampler on all 116 clean prompts (2 samples each,
-   seed 1) for the false-positive rate. Calibration set, disjoint: the stock KSampler on the 116 clean prompts, 2
+   in one batch: the stock KSampler and the CFG KSampler (Memorization-Safe, pack defaults) on the memorized prompts
+   and their clean siblings (16 samples each, seed 0); the stock KSampler on all clean prompts (2 samples each,
+   seed 1) for the false-positive rate. Calibration set, disjoint: the stock KSampler on the clean prompts, 2
    samples each, seed 10000 (the testbed's own floor is set the same way), written to input/ as PNGs.
 3. Copy Check (model-free descriptor) on every sample against the training folder, for each calibration: 'held-out
    folder' (the calibration set), 'references leave-one-out', and 'fixed threshold' at the node's default. Its copy
    flags are compared with the testbed's own copy measure (nearest reference, cosine after subtracting the references'
-   mean image, > 0.965): agreement over all samples, false-positive rate on clean-prompt samples, true-positive rate on
+   mean image, > testbed.measure.COPY_THRESHOLD): agreement over all samples, false-positive rate on clean-prompt samples, true-positive rate on
    the testbed's copies (95 % Wilson intervals).
 """
 from __future__ import annotations

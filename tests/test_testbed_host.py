@@ -86,11 +86,13 @@ def test_each_workflow_shows_the_counts_its_note_states(runs, kind):
 
 
 def test_defaults_workflow_uses_the_pack_defaults_and_the_other_opposite_guidance(runs):
-    for kind, before in (("defaults", 0.0), ("opposite", -2.0)):
+    """Defaults: zero guidance, dynamic switch. Opposite: -2 with the paper's static switch at t = 650 (reproduce's
+    og_t650, the row that removes copies at the highest duplication level; opposite with the dynamic switch does not)."""
+    keys = ("guidance_before", "transition", "switch_percent", "earliest_percent", "latest_percent", "detect_threshold")
+    for kind, want in (("defaults", (0.0, "dynamic", 0.5, 0.0, 0.5, 0.0)), ("opposite", (-2.0, "static", 0.35, 0.0, 0.5, 0.0))):
         workflow, api, _ = runs[kind]
         safe = api[node_of(workflow, "MemSafeKSampler")]["inputs"]
-        keys = ("guidance_before", "transition", "earliest_percent", "latest_percent", "detect_threshold")
-        assert tuple(safe[k] for k in keys) == (before, "dynamic", 0.0, 0.5, 0.0), kind
+        assert tuple(safe[k] for k in keys) == want, kind
 
 
 @pytest.mark.parametrize("kind", list(WORKFLOWS))
